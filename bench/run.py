@@ -1,0 +1,191 @@
+#!/usr/bin/env python
+"""Benchmark harness: run a suite of cfgs on the synthetic bench preset with N seeds; write a markdown table and JSON.
+
+    python bench/run.py --suite bench/suites/qat.yaml                 # all runs, the suite's seeds
+    python bench/run.py --suite bench/suites/qat.yaml --seeds 0 1 --only fp_v8n qat_w8a8
+    python bench/run.py --suite bench/suites/qat.yaml epochs=5        # extra Ultralytics/gor overrides for every run
+
+A suite YAML holds ``data`` (synthetic preset, generated when missing), ``common`` (overrides for every training run),
+``seeds``, and ``runs``: each with ``name`` and either ``cfg`` (+ ``overrides``) for a training run, ``kind: ptq``
+(calibrate ``weights`` only) or ``kind: ultralytics`` (stock Ultralytics trainer with its own args, e.g. the built-in
+``distill_model``). Strings may use ``{out}`` (the suite's output dir) and ``{seed}``. A run whose ``result.json``
+exists is not re-run, so an interrupted benchmark continues where it stopped.
+
+Every row is scored the same way: pycocotools mAP on the val split of the best checkpoint (gor_det.eval), next to
+Ultralytics' own val mAP from the trainer; wall time covers the whole run; s/it is the median interval between
+consecutive training batches (forward, backward, optimizer step, EMA and data loading), epoch 1 excluded.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import sys
+import time
+from datetime import date
+from pathlib import Path
+
+import yaml
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import gor_det  # noqa: E402,F401
+
+
+class IterTimer:
+    """Median seconds between consecutive ``on_train_batch_start`` events, skipping the first epoch."""
+
+    def __init__(self):
+        self.t = []
+        self.last = None
+        self.epoch = -1
+
+    def __call__(self, trainer):
+        now = time.perf_counter()
+        if trainer.epoch != self.epoch:
+            self.epoch, self.last = trainer.epoch, None
+        if self.last is not None and (trainer.epoch > 0 or trainer.epochs == 1):
+            self.t.append(now - self.last)
+        self.last = now
+
+    @property
+    def s_per_it(self):
+        return statistics.median(self.t) if self.t else float("nan")
+
+
+def fmt(v, key):
+    return v.format(**key) if isinstance(v, str) else v
+
+
+def train_row(run: dict, common: dict, extra: list[str], key: dict, out_dir: Path) -> dict:
+    from gor_det.config import load_run_cfg
+    from gor_det.engine.run import check_inputs
+    from gor_det.engine.trainer import make_trainer_class
+    from ultralytics.utils import DEFAULT_CFG_DICT
+
+    ov = {k: fmt(v, key) for k, v in {**common, **(run.get("overrides") or {})}.items()}
+    ov.update(project=str(out_dir.parent), name=out_dir.name, exist_ok=True, seed=key["seed"])
+    cfg = load_run_cfg(run["cfg"], [*(f"{k}={json.dumps(v) if not isinstance(v, str) else v}" for k, v in ov.items()),
+                                    *extra], DEFAULT_CFG_DICT.keys())
+    check_inputs(cfg)
+    if run.get("kind") == "ultralytics":
+        from ultralytics.models.yolo.detect import DetectionTrainer as cls
+    else:
+        cls = make_trainer_class(cfg.gor)
+    trainer = cls(overrides=dict(cfg.ultralytics))
+    timer = IterTimer()
+    trainer.add_callback("on_train_batch_start", timer)
+    if run.get("kind") == "ultralytics":
+        from gor_det.engine.callbacks import set_threads
+
+        trainer.gor = cfg.gor  # same thread count as gor_det runs: a fair time comparison
+        trainer.add_callback("on_train_start", set_threads)
+    trainer.train()
+    m = trainer.metrics or {}
+    return {"weights": str(trainer.best if trainer.best.exists() else trainer.last), "s_per_it": timer.s_per_it,
+            "ul_mAP50-95": float(m.get("metrics/mAP50-95(B)", float("nan"))),
+            "ul_mAP50": float(m.get("metrics/mAP50(B)", float("nan"))),
+            "imgsz": int(cfg.ultralytics.get("imgsz", 640)), "epochs": int(cfg.ultralytics.get("epochs", 0))}
+
+
+def ptq_row(run: dict, common: dict, key: dict, out_dir: Path, data: Path) -> dict:
+    from gor_det.config import parse_gor
+    from gor_det.engine.ptq import ptq
+
+    q = parse_gor({"quant": run.get("quant") or {}}).quant
+    imgsz = int(common.get("imgsz", 640))
+    path = ptq(fmt(run["weights"], key), data, q, imgsz, out_dir / "weights" / "best.pt")
+    return {"weights": str(path), "s_per_it": float("nan"), "imgsz": imgsz, "epochs": 0}
+
+
+def run_one(run, suite, extra, key, out_root: Path, data: Path) -> dict:
+    out_dir = out_root / run["name"] / f"seed{key['seed']}"
+    done = out_dir / "result.json"
+    if done.exists():
+        return json.loads(done.read_text())
+    from gor_det.engine.evaluate import evaluate_artifact, write_json
+
+    t0 = time.time()
+    common = {**suite.get("common", {}), "data": str(data)}
+    if run.get("kind") == "ptq":
+        row = ptq_row(run, common, key, out_dir, data)
+    else:
+        row = train_row(run, common, extra, key, out_dir)
+    row["wall_s"] = time.time() - t0
+    m = evaluate_artifact(row["weights"], data, row["imgsz"], out_dir / "coco_eval")
+    row.update({"name": run["name"], "seed": key["seed"], "mAP50-95": m["mAP50-95"], "mAP50": m["mAP50"]})
+    write_json(row, done)
+    return row
+
+
+def mean_std(xs):
+    xs = [x for x in xs if x == x]  # drop NaN
+    if not xs:
+        return "-"
+    if len(xs) == 1:
+        return f"{xs[0]:.4g}"
+    return f"{statistics.mean(xs):.4g} ± {statistics.stdev(xs):.2g}"
+
+
+def table(rows: list[dict], names: list[str]) -> str:
+    head = "| run | seeds | mAP50-95 (pycocotools) | mAP50 | Ultralytics val mAP50-95 | wall time (s) | s/iteration |\n"
+    head += "|---|---|---|---|---|---|---|\n"
+    lines = []
+    for n in names:
+        rs = [r for r in rows if r["name"] == n]
+        if not rs:
+            continue
+        col = lambda k: mean_std([r.get(k, float("nan")) for r in rs])  # noqa: E731
+        lines.append(f"| {n} | {len(rs)} | {col('mAP50-95')} | {col('mAP50')} | {col('ul_mAP50-95')} | "
+                     f"{col('wall_s')} | {col('s_per_it')} |")
+    return head + "\n".join(lines) + "\n"
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--suite", required=True)
+    ap.add_argument("--seeds", type=int, nargs="*")
+    ap.add_argument("--only", nargs="*", help="run names to (re)run; others are read from their result.json if present")
+    ap.add_argument("--out", help="output dir (default bench/out/<suite name>)")
+    ap.add_argument("overrides", nargs="*", help="key=value applied to every training run")
+    a = ap.parse_args()
+    from gor_det.config import ConfigError, load_yaml
+
+    try:
+        suite = load_yaml(a.suite)
+    except ConfigError as e:
+        sys.exit(f"error: {e}")
+    from gor_det.data.synthetic import make_synthetic
+
+    d = suite["data"]
+    data = make_synthetic(d.get("root", f"datasets/synth_{d['preset']}"), preset=d["preset"], seed=d.get("seed", 0))
+    out_root = Path(a.out or Path("bench/out") / Path(a.suite).stem)
+    seeds = a.seeds if a.seeds else suite.get("seeds", [0])
+    rows = []
+    for run in suite["runs"]:
+        run_seeds = run.get("seeds", seeds) if not a.seeds else [s for s in seeds if s in run.get("seeds", seeds)]
+        for seed in run_seeds:
+            key = {"out": str(out_root), "seed": seed}
+            out_dir = out_root / run["name"] / f"seed{seed}"
+            if a.only and run["name"] not in a.only:
+                if (out_dir / "result.json").exists():
+                    rows.append(json.loads((out_dir / "result.json").read_text()))
+                continue
+            print(f"\n=== bench: {run['name']} seed {seed} ===", flush=True)
+            rows.append(run_one(run, suite, a.overrides, key, out_root, data))
+    names = [r["name"] for r in suite["runs"]]
+    md = table(rows, names)
+    cmd = "python bench/run.py " + " ".join(sys.argv[1:])
+    meta = (f"\nCommand: `{cmd}`  \nMachine: {platform.machine()} {platform.processor() or ''}, "
+            f"{__import__('os').cpu_count()} CPU cores, torch {__import__('torch').__version__}, "
+            f"ultralytics {__import__('ultralytics').__version__}  \nDate: {date.today()}\n")
+    out_root.mkdir(parents=True, exist_ok=True)
+    (out_root / "results.md").write_text(md + meta)
+    (out_root / "results.json").write_text(json.dumps(rows, indent=2))
+    print("\n" + md + meta)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,217 @@
+r"""Balancing the task loss against the distillation loss: fixed weights, or GoR ("Game of Regularizer").
+
+A balancer maps ``{"task": L_t, "kd": L_k}`` (scalar tensors; ``L_t`` = Ultralytics' box + cls + dfl per image,
+``L_k`` = the weighted KD terms of :class:`gor_det.distill.Distiller`) to ``(total, {"w_task", "w_kd"})``, where
+``total`` is what is back-propagated and the weights (detached float32 tensors) are the ones in force, for logging.
+
+Methods (``gor.balance.method``):
+
+* ``fixed``: ``total = w_task * L_t + w_kd * L_k`` (classical QAT + KD with hand-tuned weights).
+* ``none``: ``total = L_t`` (``w_kd = 0``; the KD loss is not even touched, so a NaN in it cannot leak in).
+* ``gor``: exactly two learnable scalars ``s_t, s_k`` (log-variances, Kendall et al. 2018 style), trained with the
+  network:
+
+  .. math::  total = e^{-s_t} L_t + e^{-s_k} L_k + s_t + s_k, \qquad w_{task} = e^{-s_t},\; w_{kd} = e^{-s_k}.
+
+  ``d total / d s = 1 - e^{-s} L`` vanishes at ``s* = log L``: at the stationary point each loss is divided by its own
+  magnitude (``e^{-s*} L = 1``), so neither the task nor the distillation term dominates because of its units or
+  scale, and the balance follows the losses as training goes on. The ``+ s`` terms are the regularizer of the game:
+  without them ``e^{-s} L`` alone is minimised by ``s -> +inf``, i.e. both weights collapsing to 0.
+  Initialisation: ``s = -log w`` with ``w = gor.balance.w_task / w_kd``. (As for any log-variance weighting, a loss
+  that is identically 0 drives its ``s`` towards ``-inf``; do not enable GoR without KD terms.)
+* ``gor_norm``: the same two scalars with the same objective for *their* gradients, but the weights applied to the
+  losses are rescaled so that the weighted sum has the value ``L_t + L_k``. The GoR weights are typically far from 1
+  (``e^{-s*} = 1/L``), which rescales the gradient the student receives; Ultralytics' learning rates, warm-up and
+  gradient clipping (max norm 10) are tuned for the unweighted loss scale, so ``gor_norm`` keeps that scale and lets
+  GoR decide only the *ratio* between the terms:
+
+  .. math::
+
+      \hat w = e^{-s} \text{ (per term)}, \quad
+      c = \mathrm{sg}\Big[\frac{L_t + L_k}{\hat w_t L_t + \hat w_k L_k}\Big], \quad
+      w = \mathrm{sg}[c\,\hat w],
+
+      obj = e^{-s_t}\,\mathrm{sg}[L_t] + e^{-s_k}\,\mathrm{sg}[L_k] + s_t + s_k, \qquad
+      total = w_t L_t + w_k L_k + (obj - \mathrm{sg}[obj])
+
+  (``sg`` = stop-gradient / ``detach``). The value of ``total`` is ``w_t L_t + w_k L_k = L_t + L_k``; the student's
+  gradient is ``w_t dL_t + w_k dL_k`` (ratio ``w_t / w_k = e^{s_k - s_t}``, as in ``gor``), and the scalars' gradient
+  is that of ``obj``, i.e. the ``gor`` objective, so they converge to the same ``s* = log L``, where
+  ``w = (L_t + L_k) / (2 L)`` per term. ``c = 1`` if the denominator is 0.
+
+Storage (``make_gor_params``): a *plain* ``torch.nn.Module()`` instance (no gor_det class, so checkpoints unpickle in
+stock Ultralytics) holding float32 Parameters ``s_task``, ``s_kd`` (shape ``()``) and an int32 buffer ``bits`` (shape
+``(2,)``) with the exact float32 bit patterns of ``(s_task, s_kd)``. Ultralytics saves checkpoints with ``.half()``
+(fp16 rounding of the scalars, ~1e-3 relative) and its EMA averages only floating tensors, so the int32 buffer survives
+both unchanged: call :func:`sync_bits` after each optimizer step (and before saving), and :func:`restore_from_bits`
+after loading a checkpoint to recover the exact float32 values.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Protocol, runtime_checkable
+
+import torch
+from torch import nn
+
+from gor_det.config import BalanceCfg
+
+__all__ = [
+    "Balancer",
+    "FixedBalancer",
+    "GoRBalancer",
+    "NoKDBalancer",
+    "gor_scalars",
+    "make_balancer",
+    "make_gor_params",
+    "restore_from_bits",
+    "sync_bits",
+]
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# The two scalars
+# --------------------------------------------------------------------------------------------------------------------
+def _s_init(w: float, name: str) -> float:
+    w = float(w)
+    if not (w > 0 and math.isfinite(w)):
+        raise ValueError(f"gor.balance.{name}={w} must be a positive finite number (GoR starts at s = -log(w))")
+    return -math.log(w) + 0.0  # + 0.0 turns -0.0 (w = 1) into 0.0, whose bit pattern is 0
+
+
+def make_gor_params(w_task: float = 1.0, w_kd: float = 1.0) -> nn.Module:
+    """A plain ``nn.Module()`` with Parameters ``s_task = -log(w_task)``, ``s_kd = -log(w_kd)`` (float32, shape ``()``)
+    and the int32 buffer ``bits`` (shape ``(2,)``, already synced)."""
+    m = nn.Module()
+    m.s_task = nn.Parameter(torch.tensor(_s_init(w_task, "w_task"), dtype=torch.float32))
+    m.s_kd = nn.Parameter(torch.tensor(_s_init(w_kd, "w_kd"), dtype=torch.float32))
+    m.register_buffer("bits", torch.zeros(2, dtype=torch.int32))
+    sync_bits(m)
+    return m
+
+
+@torch.no_grad()
+def sync_bits(params: nn.Module) -> None:
+    """Write the float32 bit patterns of ``(s_task, s_kd)`` into ``params.bits`` (int32)."""
+    vals = torch.stack([params.s_task.detach().float(), params.s_kd.detach().float()])
+    params.bits.copy_(vals.to(params.bits.device).view(torch.int32))
+
+
+@torch.no_grad()
+def restore_from_bits(params: nn.Module) -> bool:
+    """Set ``s_task``, ``s_kd`` to the exact float32 values held in ``params.bits``.
+
+    The parameters become float32 again (also after ``.half()``), keeping their identity (optimizers still hold them).
+    Returns False, changing nothing, when ``bits`` is all zero (never synced).
+    """
+    bits = params.bits.to(torch.int32)
+    if not bool(bits.any()):
+        return False
+    vals = bits.view(torch.float32).clone()
+    for i, name in enumerate(("s_task", "s_kd")):
+        p = getattr(params, name)
+        p.data = vals[i].to(p.device)
+    return True
+
+
+def gor_scalars(params: nn.Module) -> dict[str, float]:
+    """``{"s_task": float, "s_kd": float}`` (for logging)."""
+    return {"s_task": float(params.s_task.detach().float()), "s_kd": float(params.s_kd.detach().float())}
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Balancers
+# --------------------------------------------------------------------------------------------------------------------
+@runtime_checkable
+class Balancer(Protocol):
+    """``balancer({"task": L_t, "kd": L_k}) -> (total, {"w_task": w_t, "w_kd": w_k})`` (weights detached)."""
+
+    def __call__(self, losses: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]: ...
+
+
+def _loss(losses: dict, key: str) -> torch.Tensor:
+    if key not in losses:
+        raise KeyError(f"balancer needs the loss '{key}' (got keys {sorted(losses)})")
+    return (
+        torch.as_tensor(losses[key], dtype=torch.float32) if not isinstance(losses[key], torch.Tensor) else losses[key]
+    )
+
+
+def _w(value, like: torch.Tensor) -> torch.Tensor:
+    return torch.as_tensor(value, dtype=torch.float32, device=like.device).detach()
+
+
+class FixedBalancer:
+    """``total = w_task * L_t + w_kd * L_k`` (a weight of 0 drops its term entirely)."""
+
+    def __init__(self, w_task: float = 1.0, w_kd: float = 1.0):
+        self.w_task, self.w_kd = float(w_task), float(w_kd)
+
+    def __call__(self, losses: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        lt = _loss(losses, "task")
+        total = self.w_task * lt if self.w_task else torch.zeros_like(lt)
+        if self.w_kd:
+            total = total + self.w_kd * _loss(losses, "kd")
+        return total, {"w_task": _w(self.w_task, lt), "w_kd": _w(self.w_kd, lt)}
+
+
+class NoKDBalancer:
+    """``total = L_t``; ``w_kd = 0`` (``losses["kd"]`` is optional and ignored)."""
+
+    def __call__(self, losses: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        lt = _loss(losses, "task")
+        return lt, {"w_task": _w(1.0, lt), "w_kd": _w(0.0, lt)}
+
+
+class GoRBalancer:
+    """GoR with learnable ``params.s_task``, ``params.s_kd`` (from :func:`make_gor_params`).
+
+    Args:
+        params: the module holding the scalars (it must be in the optimizer, without weight decay).
+        form: ``"gor"`` (log-variance form) or ``"gor_norm"`` (same scalars, weights rescaled so the weighted sum
+            equals ``L_t + L_k`` in value). See the module docstring for the formulas.
+    """
+
+    FORMS = ("gor", "gor_norm")
+
+    def __init__(self, params: nn.Module, form: str = "gor"):
+        if form not in self.FORMS:
+            raise ValueError(f"GoR form {form!r} is not one of {', '.join(self.FORMS)}")
+        for name in ("s_task", "s_kd"):
+            if not isinstance(getattr(params, name, None), nn.Parameter):
+                raise ValueError(f"GoR params lack the Parameter '{name}'; build them with make_gor_params()")
+        self.params, self.form = params, form
+
+    def __call__(self, losses: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        lt, lk = _loss(losses, "task"), _loss(losses, "kd")
+        s_t, s_k = self.params.s_task.float(), self.params.s_kd.float()
+        w_hat_t, w_hat_k = torch.exp(-s_t), torch.exp(-s_k)
+        if self.form == "gor":
+            total = w_hat_t * lt + w_hat_k * lk + s_t + s_k
+            return total, {"w_task": w_hat_t.detach(), "w_kd": w_hat_k.detach()}
+        # gor_norm
+        lt_d, lk_d = lt.detach().float(), lk.detach().float()
+        obj = w_hat_t * lt_d + w_hat_k * lk_d + s_t + s_k
+        with torch.no_grad():
+            denom = w_hat_t * lt_d + w_hat_k * lk_d
+            c = torch.where(denom > 0, (lt_d + lk_d) / denom.clamp_min(torch.finfo(torch.float32).tiny), 1.0)
+            w_t, w_k = c * w_hat_t, c * w_hat_k
+        total = w_t * lt + w_k * lk + (obj - obj.detach())
+        return total, {"w_task": w_t.detach(), "w_kd": w_k.detach()}
+
+
+def make_balancer(cfg: BalanceCfg | None = None, params: nn.Module | None = None) -> Balancer:
+    """The balancer for ``gor.balance``: ``fixed`` | ``gor`` | ``gor_norm`` | ``none``.
+
+    For ``gor`` / ``gor_norm``, ``params`` are the model's scalars (``model.kd.gor``); None creates fresh ones from
+    ``cfg.w_task`` / ``cfg.w_kd`` (reachable as ``balancer.params``; they must then be registered for optimization).
+    """
+    cfg = cfg if cfg is not None else BalanceCfg()
+    if cfg.method == "fixed":
+        return FixedBalancer(cfg.w_task, cfg.w_kd)
+    if cfg.method == "none":
+        return NoKDBalancer()
+    if cfg.method in GoRBalancer.FORMS:
+        return GoRBalancer(params if params is not None else make_gor_params(cfg.w_task, cfg.w_kd), form=cfg.method)
+    raise ValueError(f"gor.balance.method={cfg.method!r} is not one of fixed, gor, gor_norm, none")

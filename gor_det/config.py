@@ -1,0 +1,306 @@
+"""The ``gor:`` section of a run cfg, as dataclasses; loading, overrides and "did you mean" errors.
+
+A run cfg is a YAML file: any Ultralytics train key at top level (``model``, ``data``, ``epochs``, ...) plus one ``gor:``
+section with the subsections ``teachers``, ``distill``, ``balance``, ``quant`` and ``export``. Unknown keys in either
+part fail with a :class:`ConfigError` that names the key and suggests the nearest valid one.
+
+Standard library + yaml only: the valid Ultralytics keys are passed in by the caller (``gor_det.engine``), so this module
+never imports ultralytics.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any, get_args, get_origin, get_type_hints
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A bad cfg file, key or value. The message names the problem and the fix; tools print it as one line."""
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# The gor: section
+# --------------------------------------------------------------------------------------------------------------------
+@dataclass
+class TeacherCfg:
+    """One frozen teacher.
+
+    ``model``: a local Ultralytics checkpoint (``.pt``), or a model YAML (random init; for tests) optionally with
+    ``weights`` (a ``.pt`` whose matching tensors are loaded into it). ``names``: optional mapping
+    ``{teacher_class_index: student_class_index}`` when the class sets differ in order or size.
+    """
+
+    model: str = ""
+    weights: str | None = None
+    names: dict[int, int] | None = None
+
+
+@dataclass
+class DistillCfg:
+    """Which KD terms are used and how each is weighted before balancing (see docs/gor.md).
+
+    Weights are applied inside ``L_kd = feat * kd_feat + cls * kd_cls + box * kd_box``; 0 turns a term off.
+    """
+
+    feat: float = 1.0  # weight of feature KD on the neck maps feeding the Detect head (P3-P5)
+    feat_loss: str = "cwd"  # cwd (channel-wise distillation) | mse (teacher-score-weighted MSE)
+    feat_tau: float = 1.0  # CWD temperature
+    cls: float = 1.0  # weight of class-logit KD (per-class sigmoid KL at temperature cls_T)
+    cls_T: float = 2.0
+    box: float = 1.0  # weight of box KD (DFL-bin KL when reg_max matches, else L1 on decoded ltrb distances)
+    box_T: float = 1.0
+    conf_weight: bool = True  # weight head KD per anchor by teacher confidence (max class prob)
+    ensemble: str = "mean_loss"  # mean_loss (average per-teacher KD losses) | mean_target (average teacher targets)
+
+
+@dataclass
+class BalanceCfg:
+    """How L_task and L_kd are combined.
+
+    ``fixed``: ``w_task * L_task + w_kd * L_kd`` (classical QAT+KD). ``gor``: two learnable log-scalars,
+    ``exp(-s_t) L_task + exp(-s_k) L_kd + s_t + s_k``. ``gor_norm``: the same scalars, but the weights are rescaled so the
+    weighted sum equals ``L_task + L_kd`` in value (keeps Ultralytics' loss scale). ``none``: task loss only.
+    """
+
+    method: str = "gor"  # fixed | gor | gor_norm | none
+    w_task: float = 1.0  # fixed weights (method=fixed) and the initial weights of gor/gor_norm (s = -log w)
+    w_kd: float = 1.0
+    lr: float | None = None  # own learning rate for the two scalars (None: the trainer's lr0 group lr)
+
+
+@dataclass
+class QuantCfg:
+    """Quantization-aware training of the student (see docs/quantization.md).
+
+    Present in the cfg (``gor.quant: {...}``) means on, unless ``enabled: false``.
+    """
+
+    enabled: bool = True
+    w_bits: int = 8  # 2..8, per-output-channel symmetric weights
+    a_bits: int = 8  # 2..8, per-tensor activations (conv inputs)
+    a_symmetric: bool = True  # signed symmetric activations (TensorRT); false: asymmetric unsigned
+    calib: str = "mse"  # minmax | percentile | mse: how the step sizes are initialised
+    calib_batches: int = 8
+    percentile: float = 99.99
+    learn_scales: bool = True  # LSQ: step sizes are trained (with LSQ gradient scaling)
+    fold_bn: bool = True  # fold BN into the quantized weight during training (deploy-exact)
+    freeze_bn_epoch: int = -1  # from this epoch on BN statistics are frozen (-1: never)
+    skip: list[str] | None = None  # glob patterns of conv module names kept in float; None: the YOLO defaults
+    scale_lr: float | None = None  # lr of the step sizes (None: the trainer's)
+
+
+@dataclass
+class ExportCfg:
+    """Defaults for ``tools/export_det.py``."""
+
+    formats: list[str] = field(default_factory=lambda: ["onnx_qdq", "onnx", "ncnn"])
+    imgsz: int | None = None  # None: the training imgsz
+    parity_images: list[str] | None = None  # None: Ultralytics' bundled bus.jpg and zidane.jpg
+
+
+@dataclass
+class GorCfg:
+    """The whole ``gor:`` section. ``teachers`` empty and ``quant`` None means stock Ultralytics training."""
+
+    teachers: list[TeacherCfg] = field(default_factory=list)
+    distill: DistillCfg = field(default_factory=DistillCfg)
+    balance: BalanceCfg = field(default_factory=BalanceCfg)
+    quant: QuantCfg | None = None
+    export: ExportCfg = field(default_factory=ExportCfg)
+    threads: int | None = None  # torch CPU threads (None: all cores up to 8; Ultralytics alone uses cores-1)
+
+    @property
+    def distilling(self) -> bool:
+        return bool(self.teachers)
+
+    @property
+    def quantizing(self) -> bool:
+        return self.quant is not None and self.quant.enabled
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+CHOICES = {
+    "distill.feat_loss": ("cwd", "mse"),
+    "distill.ensemble": ("mean_loss", "mean_target"),
+    "balance.method": ("fixed", "gor", "gor_norm", "none"),
+    "quant.calib": ("minmax", "percentile", "mse"),
+}
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Parsing
+# --------------------------------------------------------------------------------------------------------------------
+def suggest(key: str, valid) -> str:
+    """``" (did you mean 'x'?)"`` for the closest valid key, or ``""``."""
+    close = difflib.get_close_matches(str(key), [str(v) for v in valid], n=1, cutoff=0.6)
+    return f" (did you mean '{close[0]}'?)" if close else ""
+
+
+def _unknown(key: str, where: str, valid) -> ConfigError:
+    listing = f"; valid keys: {', '.join(sorted(valid))}" if len(valid) <= 16 else ""
+    return ConfigError(f"unknown key '{key}' in {where}{suggest(key, valid)}{listing}")
+
+
+def _coerce(value: Any, tp: Any, where: str) -> Any:
+    """Convert ``value`` to the annotated type ``tp`` (dataclasses recursively); raise ConfigError on mismatch."""
+    origin, args = get_origin(tp), get_args(tp)
+    if value is None:
+        if tp is type(None) or type(None) in args:
+            return None
+        raise ConfigError(f"{where} must not be empty (null)")
+    if args and type(None) in args:  # Optional[X] with a value: coerce to X
+        inner = [a for a in args if a is not type(None)]
+        return _coerce(value, inner[0], where)
+    if dataclasses.is_dataclass(tp):
+        if isinstance(tp, type) and tp is TeacherCfg and isinstance(value, str):
+            value = {"model": value}
+        if not isinstance(value, dict):
+            raise ConfigError(f"{where} must be a mapping, got {value!r}")
+        return _build(tp, value, where)
+    if origin is list:
+        if not isinstance(value, (list, tuple)):
+            value = [value]
+        return [_coerce(v, args[0], f"{where}[{i}]") for i, v in enumerate(value)]
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{where} must be a mapping, got {value!r}")
+        return {_coerce(k, args[0], where): _coerce(v, args[1], where) for k, v in value.items()}
+    if tp is bool:
+        if isinstance(value, str) and value.lower() in ("true", "false", "1", "0", "yes", "no"):
+            return value.lower() in ("true", "1", "yes")
+        if not isinstance(value, bool):
+            raise ConfigError(f"{where} must be true or false, got {value!r}")
+        return value
+    if tp in (int, float):
+        try:
+            out = tp(value)
+        except (TypeError, ValueError):
+            raise ConfigError(f"{where} must be a number, got {value!r}") from None
+        if tp is int and float(value) != out:
+            raise ConfigError(f"{where} must be an integer, got {value!r}")
+        return out
+    if tp is str:
+        return str(value)
+    return value
+
+
+def _build(cls, data: dict, where: str):
+    hints = get_type_hints(cls)
+    valid = [f.name for f in fields(cls)]
+    kwargs = {}
+    for k, v in data.items():
+        if k not in valid:
+            raise _unknown(k, where, valid)
+        kwargs[k] = _coerce(v, hints[k], f"{where}.{k}")
+    obj = cls(**kwargs)
+    prefix = where.split(".", 1)[1] if "." in where else ""
+    for name in valid:
+        choices = CHOICES.get(f"{prefix}.{name}" if prefix else name)
+        val = getattr(obj, name)
+        if choices and val not in choices:
+            raise ConfigError(f"{where}.{name}={val!r} is not one of {', '.join(choices)}{suggest(val, choices)}")
+    return obj
+
+
+def parse_gor(section: dict | None) -> GorCfg:
+    """Build a :class:`GorCfg` from the ``gor:`` mapping (None or {} gives the defaults: plain training)."""
+    section = dict(section or {})
+    if isinstance(section.get("quant"), bool):  # "quant: true" is a shorthand for the defaults
+        section["quant"] = {} if section["quant"] else {"enabled": False}
+    if "teachers" in section and section["teachers"] is None:
+        section["teachers"] = []
+    cfg = _build(GorCfg, section, "gor")
+    q = cfg.quant
+    if q is not None:
+        for name in ("w_bits", "a_bits"):
+            if not 2 <= getattr(q, name) <= 8:
+                raise ConfigError(f"gor.quant.{name}={getattr(q, name)} is out of range; use 2..8")
+    return cfg
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Run cfg = Ultralytics keys + gor:
+# --------------------------------------------------------------------------------------------------------------------
+@dataclass
+class RunCfg:
+    """A resolved run: Ultralytics train overrides (a plain dict) and the gor section."""
+
+    ultralytics: dict[str, Any]
+    gor: GorCfg
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**self.ultralytics, "gor": self.gor.to_dict()}
+
+
+def parse_value(text: str) -> Any:
+    """Parse a ``key=value`` override value the way YAML would (``3`` -> int, ``false`` -> bool, ``[a,b]`` -> list)."""
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError:
+        return text
+
+
+def _set_dotted(d: dict, dotted: str, value: Any) -> None:
+    parts = dotted.split(".")
+    for p in parts[:-1]:
+        nxt = d.get(p)
+        if not isinstance(nxt, dict):
+            nxt = {} if nxt is None else nxt
+            if not isinstance(nxt, dict):
+                raise ConfigError(f"override '{dotted}': '{p}' is not a section")
+            d[p] = nxt
+        d = nxt
+    d[parts[-1]] = value
+
+
+def load_yaml(path: str | Path) -> dict:
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"cfg file not found: {p} (pass an existing YAML, e.g. cfg/demo_student.yaml)")
+    try:
+        data = yaml.safe_load(p.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError(f"cfg file {p} is not valid YAML: {str(e).splitlines()[0]}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"cfg file {p} must hold a mapping of keys, got {type(data).__name__}")
+    return data
+
+
+def load_run_cfg(
+    path: str | Path | None,
+    overrides: list[str] | dict | None = None,
+    valid_ultralytics_keys=None,
+) -> RunCfg:
+    """Load a run cfg YAML, apply ``key=value`` overrides (``epochs=3``, ``gor.balance.method=fixed``) and validate.
+
+    ``valid_ultralytics_keys``: the Ultralytics train keys (``DEFAULT_CFG_DICT``); None skips that check.
+    """
+    data = load_yaml(path) if path else {}
+    if isinstance(overrides, dict):
+        items = list(overrides.items())
+    else:
+        items = []
+        for ov in overrides or []:
+            if "=" not in ov:
+                raise ConfigError(f"override '{ov}' must look like key=value (e.g. epochs=3 or gor.quant.w_bits=4)")
+            k, v = ov.split("=", 1)
+            items.append((k.strip(), parse_value(v)))
+    for k, v in items:
+        if k == "gor" and isinstance(v, dict):
+            data["gor"] = {**(data.get("gor") or {}), **v}
+        else:
+            _set_dotted(data, k, v)
+    gor_section = data.pop("gor", None)
+    if valid_ultralytics_keys is not None:
+        valid = set(valid_ultralytics_keys) | {"gor"}
+        for k in data:
+            if k not in valid:
+                raise _unknown(k, "the run cfg (Ultralytics keys + 'gor')", valid)
+    return RunCfg(ultralytics=data, gor=parse_gor(gor_section))

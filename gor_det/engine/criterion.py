@@ -1,0 +1,76 @@
+"""The student's loss with distillation: Ultralytics' detection loss + KD terms, balanced (GoR or fixed).
+
+``KDCriterion`` replaces ``model.criterion``. Ultralytics calls it from inside ``model(batch)`` (so under DDP the
+adapters and GoR scalars are used inside forward and their gradients are all-reduced) and from the validator as
+``model.loss(batch, preds)``. Ultralytics nulls ``criterion`` before pickling a checkpoint, so nothing here is saved.
+
+Returned loss dict (the keys are fixed on the first batch by the trainer, so every call returns all of them):
+``box_loss, cls_loss, dfl_loss`` (Ultralytics' own, per image, gains applied: their sum is ``L_task``),
+``kd_feat, kd_cls, kd_box`` (per image, already times their ``gor.distill`` weights; their sum is ``L_kd``),
+``w_task, w_kd`` (the balance weights in force). The returned total is ``balancer(L_task, L_kd) * batch_size``,
+following Ultralytics' convention of per-image losses times the batch size.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from gor_det.balance import make_balancer, restore_from_bits
+from gor_det.config import GorCfg
+from gor_det.distill import Distiller, head_outputs
+from gor_det.engine.teachers import TeacherSet
+
+KD_KEYS = ("kd_feat", "kd_cls", "kd_box")
+
+
+class KDCriterion:
+    """Wraps the model's own criterion.
+
+    Args:
+        base: the student's Ultralytics criterion (``model.init_criterion()``): ``base(preds, batch) -> (loss(3)*B, items)``.
+        teachers: frozen teachers, called on ``batch["img"]``.
+        kd: the student's ``model.kd`` ModuleDict (``adapters``, ``gor``); shared with the EMA copy through deepcopy.
+        cfg: the run's gor cfg.
+        reg_max: the student's DFL bins.
+    """
+
+    def __init__(self, base, teachers: TeacherSet, kd: nn.ModuleDict, cfg: GorCfg, reg_max: int):
+        self.base = base
+        self.teachers = teachers
+        self.kd = kd
+        self.cfg = cfg
+        self.reg_max = int(reg_max)
+        self.t_reg_max = teachers.reg_max()
+        self.distiller = Distiller(cfg.distill)
+        self.balancer = make_balancer(cfg.balance, kd["gor"] if "gor" in kd else None)
+
+    def update(self):  # E2E losses anneal their one2one weight per epoch; forward it
+        if hasattr(self.base, "update"):
+            self.base.update()
+
+    def __call__(self, preds, batch):
+        det_loss, det_items = self.base(preds, batch)
+        img = batch["img"]
+        bs = img.shape[0]
+        task = det_loss.sum() / bs
+        student = head_outputs(preds, self.reg_max)
+        t_outs = [head_outputs(y, r) for y, r in zip(self.teachers(img), self.t_reg_max)]
+        kd = self.distiller(student, t_outs, self.kd["adapters"])
+        total, weights = self.balancer({"task": task, "kd": kd["kd"]})
+        items = dict(det_items)
+        for k in KD_KEYS:
+            items[k] = kd[k].detach().reshape(())
+        for k in ("w_task", "w_kd"):
+            items[k] = torch.as_tensor(weights[k], device=img.device, dtype=torch.float32).detach().reshape(())
+        return total.reshape(1) * bs, items
+
+
+def attach_kd_criterion(model: nn.Module, teachers: TeacherSet, cfg: GorCfg) -> KDCriterion:
+    """Install a :class:`KDCriterion` as ``model.criterion`` (after restoring the GoR scalars from their exact bits)."""
+    if "gor" in model.kd:
+        restore_from_bits(model.kd["gor"])
+    base = model.init_criterion()
+    crit = KDCriterion(base, teachers, model.kd, cfg, reg_max=int(model.model[-1].reg_max))
+    model.criterion = crit
+    return crit

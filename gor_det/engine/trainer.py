@@ -1,0 +1,192 @@
+"""``GorDetectionTrainer``: Ultralytics' DetectionTrainer with QAT, teacher distillation and GoR balancing.
+
+Only public hooks are overridden (``get_model``, ``build_optimizer``, ``optimizer_step``, ``save_model``,
+``save_metrics``) plus callbacks for side effects; nothing in ultralytics is copied or patched. With an empty ``gor:``
+section every override falls through to the stock behaviour, so training is identical to plain Ultralytics.
+
+Where each piece lives (see docs/architecture.md):
+
+* QAT modules replace the student's convs in ``get_model`` (before the optimizer and EMA exist); the step sizes are
+  calibrated in ``build_optimizer``, the first hook that has both the model and the train loader, and runs before
+  ``ModelEMA`` copies the model, so the EMA starts calibrated. Resume restores them from the checkpoint instead.
+* ``model.kd`` (adapters + the two GoR scalars) is added in ``get_model``; teachers stay in a ``TeacherSet`` outside the
+  module tree. The KD criterion is installed on the model and the EMA by the ``on_pretrain_routine_end`` callback.
+* The gor cfg is a class attribute of a per-run subclass made by :func:`make_trainer_class`: Ultralytics' DDP launcher
+  rebuilds the trainer in each worker from ``type(trainer)`` pickled with cloudpickle (a dynamic class travels by
+  value, attributes included) plus ``vars(args)``, so constructor arguments would be lost there.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import torch
+import yaml
+from torch import nn
+from ultralytics.models.yolo.detect import DetectionTrainer
+from ultralytics.utils import DEFAULT_CFG, LOGGER, RANK
+from ultralytics.utils.torch_utils import unwrap_model
+
+from gor_det.balance import make_gor_params, sync_bits
+from gor_det.config import GorCfg
+from gor_det.distill import build_adapters
+from gor_det.engine import callbacks as gcb
+from gor_det.engine.teachers import TeacherSet
+from gor_det.quant import calibrate, is_qat, prepare_qat, quant_scale_parameters
+
+
+class GorDetectionTrainer(DetectionTrainer):
+    """Detection trainer with gor_det's QAT + KD + GoR. Use :func:`make_trainer_class` to bind a gor cfg."""
+
+    gor_cfg: GorCfg | None = None  # bound per run by make_trainer_class (travels to DDP workers with the class)
+
+    def __init__(self, cfg=DEFAULT_CFG, overrides=None, _callbacks=None):
+        super().__init__(cfg, overrides, _callbacks)
+        self.gor = self.gor_cfg or GorCfg()
+        self.teachers = TeacherSet(self.gor.teachers, self.data["names"]) if self.gor.distilling else None
+        self._needs_calibration = False
+        for event, fn in gcb.TRAINER_CALLBACKS.items():
+            self.add_callback(event, fn)
+        if RANK in {-1, 0}:
+            (self.save_dir / "gor_cfg.yaml").write_text(yaml.safe_dump(self.gor.to_dict(), sort_keys=False))
+
+    # ---------------------------------------------------------------------------------------------------------------
+    # Model
+    # ---------------------------------------------------------------------------------------------------------------
+    def get_model(self, cfg=None, weights=None, verbose=True):
+        """Build the student; with ``gor.quant`` insert QAT modules, with teachers add ``model.kd``.
+
+        FP weights load before ``prepare_qat`` (BN is folded from them); a checkpoint that already holds QAT modules,
+        adapters or GoR scalars (resume, or fine-tuning a QAT student) loads after they exist, so nothing is dropped.
+        """
+        g = self.gor
+        qat_weights = weights is not None and is_qat(weights)
+        model = super().get_model(cfg=cfg, weights=None if qat_weights else weights, verbose=verbose)
+        if g.quantizing:
+            prepare_qat(model, g.quant)  # calibrated later, in build_optimizer, once the train loader exists
+            self._needs_calibration = not qat_weights and not self.args.resume
+        if g.distilling:
+            model.kd = self._build_kd_modules(model)
+        if weights is not None and (g.quantizing or g.distilling):
+            model.load(weights, verbose=False)  # second pass: QAT state, adapters and scalars where present
+        if g.quantizing and not g.quant.learn_scales:
+            for p in quant_scale_parameters(model):
+                p.requires_grad_(False)
+        model.gor_cfg = g.to_dict()  # plain dict: records the run cfg in every checkpoint, loadable anywhere
+        return model
+
+    def _build_kd_modules(self, model: nn.Module) -> nn.ModuleDict:
+        """Adapters (student -> each teacher's P3-P5 channels) and the two GoR scalars, as plain torch modules."""
+        was_training = model.training
+        model.eval()
+        with torch.no_grad():
+            preds = model(torch.zeros(1, 3, 64, 64))
+        model.train(was_training)
+        raw = preds[1] if isinstance(preds, tuple) else preds
+        raw = raw.get("one2many", raw)
+        s_ch = [int(f.shape[1]) for f in raw["feats"]]
+        t_ch = self.teachers.feature_channels()
+        for i, ch in enumerate(t_ch):
+            if len(ch) != len(s_ch):
+                raise ValueError(f"teacher {self.gor.teachers[i].model} has {len(ch)} detection levels, "
+                                 f"the student has {len(s_ch)}; feature KD needs the same levels")
+        kd = nn.ModuleDict({"adapters": build_adapters(s_ch, t_ch)})
+        b = self.gor.balance
+        kd["gor"] = make_gor_params(b.w_task, b.w_kd)
+        return kd
+
+    # ---------------------------------------------------------------------------------------------------------------
+    # Optimizer: calibration first (see module docstring), then own groups for GoR scalars and step sizes
+    # ---------------------------------------------------------------------------------------------------------------
+    def build_optimizer(self, model, name="auto", lr=0.001, momentum=0.9, decay=1e-5, iterations=1e5):
+        if self._needs_calibration:
+            self._calibrate(unwrap_model(model))
+            self._needs_calibration = False
+        optimizer = super().build_optimizer(model, name, lr, momentum, decay, iterations)
+        m = unwrap_model(model)
+        base_lr = optimizer.param_groups[0]["lr"]
+        extra = []
+        if self.gor.distilling and hasattr(m, "kd"):
+            extra.append(("gor", list(m.kd["gor"].parameters()), self.gor.balance.lr))
+        if self.gor.quantizing:
+            extra.append(("quant_scale", [p for p in quant_scale_parameters(m) if p.requires_grad],
+                          self.gor.quant.scale_lr))
+        moved = {id(p) for _, ps, _ in extra for p in ps}
+        if moved:
+            for group in optimizer.param_groups:
+                group["params"] = [p for p in group["params"] if id(p) not in moved]
+            template = {k: v for k, v in optimizer.param_groups[0].items() if k not in ("params", "param_group")}
+            for gname, params, glr in extra:
+                if params:  # no weight decay: it would pull the log-scalars and log-step-sizes towards 0 (= scale 1)
+                    group = {**template, "params": params, "weight_decay": 0.0, "lr": glr or base_lr,
+                             "param_group": gname}
+                    if "use_muon" in template:
+                        group["use_muon"] = False
+                    optimizer.add_param_group(group)
+        return optimizer
+
+    def _calibrate(self, model: nn.Module) -> None:
+        """Initialise every quantizer's step size from ``calib_batches`` training batches (``gor.quant.calib``)."""
+        n = self.gor.quant.calib_batches
+
+        def forward_loop(m):
+            for i, batch in enumerate(self.train_loader):
+                if i >= n:
+                    break
+                m(self.preprocess_batch(batch)["img"])
+
+        LOGGER.info(f"gor_det: calibrating quantizers ({self.gor.quant.calib}, {n} batches)")
+        was_training = model.training
+        model.eval()
+        calibrate(model, forward_loop, self.gor.quant)
+        model.train(was_training)
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            for p in quant_scale_parameters(model):  # every rank must start from rank 0's step sizes
+                torch.distributed.broadcast(p.data, src=0)
+
+    def optimizer_step(self):
+        """Stock step, then copy the raw GoR scalars into the EMA and into their exact float32 bit buffers.
+
+        Ultralytics resumes from the EMA, which would restore an EMA-lagged value; and it saves in fp16."""
+        super().optimizer_step()
+        m = unwrap_model(self.model)
+        if self.gor.distilling and hasattr(m, "kd"):
+            sync_bits(m.kd["gor"])
+            if self.ema:
+                self.ema.ema.kd["gor"].load_state_dict(m.kd["gor"].state_dict())
+
+    # ---------------------------------------------------------------------------------------------------------------
+    # Checkpoints and logs
+    # ---------------------------------------------------------------------------------------------------------------
+    def save_model(self):
+        """Stock checkpoint content, written atomically: to ``*.tmp`` first, then ``os.replace`` (no torn last.pt)."""
+        final = (self.last, self.best)
+        tmp = tuple(p.with_name(p.name + ".tmp") for p in final)
+        self.last, self.best = tmp
+        try:
+            ok = super().save_model()
+        finally:
+            self.last, self.best = final
+        for t, f in zip(tmp, final):
+            if t.exists():
+                os.replace(t, f)
+        return ok
+
+    def save_metrics(self, metrics):
+        """Add the exact end-of-epoch GoR weights (the ``train/w_*`` columns are epoch means)."""
+        m = unwrap_model(self.model)
+        if self.gor.distilling and hasattr(m, "kd"):
+            g = m.kd["gor"]
+            metrics = {**metrics, "gor/s_task": float(g.s_task), "gor/s_kd": float(g.s_kd)}
+        super().save_metrics(metrics)
+
+
+def make_trainer_class(gor: GorCfg, base: type = GorDetectionTrainer) -> type:
+    """A per-run subclass carrying ``gor`` as a class attribute (survives Ultralytics' DDP re-launch)."""
+    return type(base.__name__, (base,), {"gor_cfg": gor, "__module__": __name__, "__qualname__": f"{base.__name__}[run]"})
+
+
+def run_dir_of(weights: str | Path) -> Path:
+    """``runs/x/weights/last.pt`` -> ``runs/x``."""
+    return Path(weights).resolve().parent.parent

@@ -1,0 +1,1 @@
+"""gor_det.export."""

@@ -1,0 +1,178 @@
+"""gor_det.balance: GoR scalars, balancers, exact bit storage."""
+
+import io
+import math
+import pickle
+
+import pytest
+import torch
+from torch import nn
+
+import gor_det  # noqa: F401
+from gor_det.balance import (
+    Balancer,
+    FixedBalancer,
+    GoRBalancer,
+    NoKDBalancer,
+    gor_scalars,
+    make_balancer,
+    make_gor_params,
+    restore_from_bits,
+    sync_bits,
+)
+from gor_det.config import BalanceCfg
+
+LT, LK = 3.0, 0.5
+pytestmark = pytest.mark.filterwarnings("ignore:Converting a tensor with requires_grad")  # float(param) in asserts
+
+
+def _losses(lt=LT, lk=LK):
+    return {"task": torch.tensor(lt), "kd": torch.tensor(lk)}
+
+
+def _train(bal, steps=(600, 400), lrs=(0.05, 0.005)):
+    opt = torch.optim.Adam(bal.params.parameters(), lr=lrs[0])
+    for n, lr in zip(steps, lrs):
+        for g in opt.param_groups:
+            g["lr"] = lr
+        for _ in range(n):
+            total, w = bal(_losses())
+            opt.zero_grad()
+            total.backward()
+            opt.step()
+    return total, w
+
+
+def test_make_gor_params_plain_module():
+    p = make_gor_params(w_task=2.0, w_kd=0.25)
+    assert type(p) is nn.Module
+    assert dict(p.named_parameters()).keys() == {"s_task", "s_kd"}
+    assert p.s_task.dtype == torch.float32 and p.s_task.shape == () and p.s_kd.shape == ()
+    assert float(p.s_task) == pytest.approx(-math.log(2.0)) and float(p.s_kd) == pytest.approx(math.log(4.0))
+    assert p.bits.dtype == torch.int32 and p.bits.shape == (2,) and dict(p.named_buffers()).keys() == {"bits"}
+    assert torch.equal(p.bits.view(torch.float32), torch.stack([p.s_task, p.s_kd]).detach())
+    p1 = make_gor_params()
+    assert torch.equal(p1.bits, torch.zeros(2, dtype=torch.int32))  # s = +0.0, never -0.0
+    with pytest.raises(ValueError, match="w_kd"):
+        make_gor_params(1.0, 0.0)
+
+
+def test_gor_converges_to_log_losses():
+    bal = GoRBalancer(make_gor_params(), form="gor")
+    total, w = _train(bal)
+    assert float(bal.params.s_task) == pytest.approx(math.log(LT), abs=2e-3)
+    assert float(bal.params.s_kd) == pytest.approx(math.log(LK), abs=2e-3)
+    assert float(w["w_task"]) == pytest.approx(1 / LT, rel=3e-3) and float(w["w_kd"]) == pytest.approx(1 / LK, rel=3e-3)
+    assert float(total) == pytest.approx(2 + math.log(LT) + math.log(LK), abs=1e-4)  # minimum value of the objective
+
+
+def test_gor_norm_converges_and_keeps_scale():
+    bal = GoRBalancer(make_gor_params(), form="gor_norm")
+    total, w = _train(bal)
+    # the scalars follow the same objective: s* = log L; the applied weights are rescaled by c = (Lt + Lk) / 2
+    assert float(bal.params.s_task) == pytest.approx(math.log(LT), abs=2e-3)
+    assert float(bal.params.s_kd) == pytest.approx(math.log(LK), abs=2e-3)
+    assert float(w["w_task"]) == pytest.approx((LT + LK) / (2 * LT), rel=3e-3)
+    assert float(w["w_kd"]) == pytest.approx((LT + LK) / (2 * LK), rel=3e-3)
+    assert float(total) == pytest.approx(LT + LK, rel=1e-6)  # value = L_t + L_k at any s
+
+
+def test_gradients_gor():
+    p = make_gor_params(w_task=2.0, w_kd=0.5)
+    x = torch.tensor(1.5, requires_grad=True)  # a "student" parameter: L_t = 2 x^2, L_k = 3 x
+    lt, lk = 2 * x**2, 3 * x
+    total, w = GoRBalancer(p, "gor")({"task": lt, "kd": lk})
+    total.backward()
+    et, ek = math.exp(-float(p.s_task)), math.exp(-float(p.s_kd))
+    assert float(total) == pytest.approx(et * 4.5 + ek * 4.5 + float(p.s_task) + float(p.s_kd), rel=1e-6)
+    assert float(p.s_task.grad) == pytest.approx(1 - et * 4.5, rel=1e-5)
+    assert float(p.s_kd.grad) == pytest.approx(1 - ek * 4.5, rel=1e-5)
+    assert float(x.grad) == pytest.approx(et * 4 * 1.5 + ek * 3, rel=1e-5)
+    assert float(w["w_task"]) == pytest.approx(et) and not w["w_task"].requires_grad
+
+
+def test_gradients_gor_norm():
+    p = make_gor_params(w_task=2.0, w_kd=0.5)
+    x = torch.tensor(1.5, requires_grad=True)
+    lt, lk = 2 * x**2, 3 * x  # both 4.5
+    total, w = GoRBalancer(p, "gor_norm")({"task": lt, "kd": lk})
+    total.backward()
+    et, ek = 2.0, 0.5
+    c = 9.0 / (et * 4.5 + ek * 4.5)
+    assert float(total) == pytest.approx(9.0, rel=1e-6)
+    assert float(w["w_task"]) == pytest.approx(c * et, rel=1e-6) and float(w["w_kd"]) == pytest.approx(c * ek, rel=1e-6)
+    assert float(p.s_task.grad) == pytest.approx(1 - et * 4.5, rel=1e-5)  # gradient of obj, as in gor
+    assert float(p.s_kd.grad) == pytest.approx(1 - ek * 4.5, rel=1e-5)
+    assert float(x.grad) == pytest.approx(c * et * 6 + c * ek * 3, rel=1e-5)  # rescaled weights
+    assert not w["w_task"].requires_grad and not w["w_kd"].requires_grad
+    total, w = GoRBalancer(p, "gor_norm")(_losses(0.0, 0.0))  # denominator 0: c = 1
+    assert float(total) == 0.0 and float(w["w_task"]) == pytest.approx(2.0)
+
+
+def test_fixed_and_none():
+    total, w = FixedBalancer(2.0, 0.5)(_losses())
+    assert float(total) == pytest.approx(2 * LT + 0.5 * LK) and float(w["w_task"]) == 2.0 and float(w["w_kd"]) == 0.5
+    total, w = NoKDBalancer()({"task": torch.tensor(LT), "kd": torch.tensor(float("nan"))})
+    assert float(total) == LT and float(w["w_task"]) == 1.0 and float(w["w_kd"]) == 0.0
+    total, _ = FixedBalancer(1.0, 0.0)({"task": torch.tensor(LT), "kd": torch.tensor(float("nan"))})
+    assert float(total) == LT
+
+
+def test_make_balancer():
+    p = make_gor_params()
+    assert isinstance(make_balancer(BalanceCfg(method="fixed", w_task=1, w_kd=3)), FixedBalancer)
+    assert isinstance(make_balancer(BalanceCfg(method="none")), NoKDBalancer)
+    for m in ("gor", "gor_norm"):
+        b = make_balancer(BalanceCfg(method=m), p)
+        assert isinstance(b, GoRBalancer) and b.form == m and b.params is p and isinstance(b, Balancer)
+    b = make_balancer(BalanceCfg(method="gor", w_task=1.0, w_kd=0.1))
+    assert float(b.params.s_kd) == pytest.approx(math.log(10.0))
+    with pytest.raises(ValueError, match="method"):
+        make_balancer(BalanceCfg(method="gorr"))
+    with pytest.raises(ValueError, match="form"):
+        GoRBalancer(p, "norm")
+
+
+def test_bits_round_trip_half_and_save():
+    p = make_gor_params()
+    with torch.no_grad():
+        p.s_task.fill_(0.123456789)
+        p.s_kd.fill_(-1.987654321e-3)
+    exact = (p.s_task.detach().clone(), p.s_kd.detach().clone())
+    assert not restore_from_bits(make_gor_params())  # never synced (all zero): no-op
+    sync_bits(p)
+    bits = p.bits.clone()
+    with torch.no_grad():
+        p.s_task.add_(1.0)
+    assert restore_from_bits(p)
+    assert torch.equal(p.s_task.detach(), exact[0]) and torch.equal(p.s_kd.detach(), exact[1])
+
+    # a model holding the params in kd, as the integrator does; Ultralytics saves it with .half()
+    model = nn.Sequential(nn.Conv2d(3, 4, 1))
+    model.kd = nn.ModuleDict({"gor": p})
+    param_ref = p.s_task
+    model.half()
+    assert p.s_task.dtype == torch.float16 and torch.equal(p.bits, bits)
+    assert float(p.s_task) != float(exact[0])  # fp16 rounding
+    buf = io.BytesIO()
+    torch.save({"ema": model}, buf)
+    data = buf.getvalue()
+    assert b"gor_det" not in data  # plain torch classes only: loads without gor_det
+    loaded = torch.load(io.BytesIO(data), weights_only=False)["ema"].float()
+    q = loaded.kd.gor
+    assert type(q) is nn.Module and torch.equal(q.bits, bits)
+    assert restore_from_bits(q)
+    assert q.s_task.dtype == torch.float32 and torch.equal(q.s_task.detach(), exact[0])
+    assert torch.equal(q.s_kd.detach(), exact[1])
+    # restoring an fp16 module keeps the Parameter objects (optimizers hold them) and makes them float32
+    assert restore_from_bits(p) and p.s_task is param_ref and p.s_task.dtype == torch.float32
+    assert torch.equal(p.s_task.detach(), exact[0])
+    assert gor_scalars(p) == {"s_task": float(exact[0]), "s_kd": float(exact[1])}
+    # state_dict path (weights_only load)
+    buf = io.BytesIO()
+    torch.save(model.state_dict(), buf)
+    sd = torch.load(io.BytesIO(buf.getvalue()), weights_only=True)
+    fresh = make_gor_params()
+    fresh.load_state_dict({k[len("kd.gor.") :]: v for k, v in sd.items() if k.startswith("kd.gor.")})
+    assert restore_from_bits(fresh) and torch.equal(fresh.s_kd.detach(), exact[1])
+    pickle.loads(pickle.dumps(p))

@@ -1,0 +1,67 @@
+"""gor_det.config: parsing, overrides, and the one-line errors for bad input."""
+
+import pytest
+
+from gor_det.config import ConfigError, GorCfg, QuantCfg, load_run_cfg, parse_gor, suggest
+
+UL_KEYS = ["model", "data", "epochs", "imgsz", "batch", "lr0"]
+
+
+def write(tmp_path, text):
+    p = tmp_path / "run.yaml"
+    p.write_text(text)
+    return p
+
+
+def test_defaults_mean_plain_training():
+    g = parse_gor(None)
+    assert g == GorCfg() and not g.distilling and not g.quantizing
+
+
+def test_full_section_and_overrides(tmp_path):
+    p = write(tmp_path, "model: yolov8n.yaml\nepochs: 5\ngor:\n  teachers: [t.pt]\n  quant: {w_bits: 4}\n")
+    run = load_run_cfg(p, ["epochs=3", "gor.balance.method=fixed", "gor.distill.cls_T=4", "gor.quant.a_bits=6"],
+                       UL_KEYS)
+    assert run.ultralytics == {"model": "yolov8n.yaml", "epochs": 3}
+    g = run.gor
+    assert g.teachers[0].model == "t.pt" and g.balance.method == "fixed" and g.distill.cls_T == 4.0
+    assert g.quant == QuantCfg(w_bits=4, a_bits=6)
+    assert run.to_dict()["gor"]["quant"]["w_bits"] == 4
+
+
+def test_quant_shorthand():
+    assert parse_gor({"quant": True}).quantizing
+    assert not parse_gor({"quant": False}).quantizing
+
+
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        (["epocs=3"], "unknown key 'epocs' in the run cfg (Ultralytics keys + 'gor') (did you mean 'epochs'?)"),
+        (["gor.balance.methd=gor"], "unknown key 'methd' in gor.balance (did you mean 'method'?)"),
+        (["gor.quantt.w_bits=4"], "unknown key 'quantt' in gor (did you mean 'quant'?)"),
+        (["gor.balance.method=gorr"], "gor.balance.method='gorr' is not one of fixed, gor, gor_norm, none (did you mean 'gor'?)"),
+        (["gor.quant.w_bits=9"], "gor.quant.w_bits=9 is out of range; use 2..8"),
+        (["gor.quant.w_bits=x"], "gor.quant.w_bits must be a number, got 'x'"),
+        (["epochs"], "override 'epochs' must look like key=value"),
+    ],
+)
+def test_bad_input_is_one_clear_line(overrides, message):
+    with pytest.raises(ConfigError) as e:
+        load_run_cfg(None, overrides, UL_KEYS)
+    assert str(e.value).startswith(message)
+    assert "\n" not in str(e.value)
+
+
+def test_missing_and_invalid_cfg_file(tmp_path):
+    with pytest.raises(ConfigError, match="cfg file not found: .*nope.yaml"):
+        load_run_cfg(tmp_path / "nope.yaml")
+    with pytest.raises(ConfigError, match="is not valid YAML"):
+        load_run_cfg(write(tmp_path, "a: [1, 2"))
+    with pytest.raises(ConfigError, match="must hold a mapping"):
+        load_run_cfg(write(tmp_path, "- 1\n- 2\n"))
+
+
+def test_suggest():
+    assert suggest("w_bit", ["w_bits", "a_bits"]) == " (did you mean 'w_bits'?)"
+    assert suggest("zzzz", ["w_bits"]) == ""
