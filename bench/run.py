@@ -56,7 +56,14 @@ class IterTimer:
 
 
 def fmt(v, key):
-    return v.format(**key) if isinstance(v, str) else v
+    """Fill ``{out}`` / ``{seed}`` in strings, recursively through lists and dicts."""
+    if isinstance(v, str):
+        return v.format(**key)
+    if isinstance(v, list):
+        return [fmt(x, key) for x in v]
+    if isinstance(v, dict):
+        return {k: fmt(x, key) for k, x in v.items()}
+    return v
 
 
 def train_row(run: dict, common: dict, extra: list[str], key: dict, out_dir: Path) -> dict:

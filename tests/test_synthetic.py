@@ -9,11 +9,11 @@ import subprocess
 import sys
 from pathlib import Path
 
-import gor_det  # noqa: F401  (offline env before ultralytics)
 import numpy as np
 import pytest
 import yaml
 
+import gor_det  # noqa: F401  (offline env before ultralytics)
 from gor_det.data.synthetic import CLASSES, PRESETS, STAMP_NAME, SynthSpec, is_complete, make_synthetic, render_image
 
 REPO = Path(__file__).resolve().parents[1]
@@ -74,8 +74,12 @@ def test_images_independent_of_generation_order(tiny, tmp_path):
     small = make_synthetic(tmp_path / "small", "tiny", seed=0, n_train=5, n_val=1)
     for k in range(1, 6):
         name = f"{k:012d}"
-        assert (small.parent / f"labels/train/{name}.txt").read_bytes() == (tiny.parent / f"labels/train/{name}.txt").read_bytes()
-        assert (small.parent / f"images/train/{name}.jpg").read_bytes() == (tiny.parent / f"images/train/{name}.jpg").read_bytes()
+        assert (small.parent / f"labels/train/{name}.txt").read_bytes() == (
+            tiny.parent / f"labels/train/{name}.txt"
+        ).read_bytes()
+        assert (small.parent / f"images/train/{name}.jpg").read_bytes() == (
+            tiny.parent / f"images/train/{name}.jpg"
+        ).read_bytes()
 
 
 def test_labels_valid_and_balanced(tiny):
@@ -127,7 +131,10 @@ def test_pycocotools_self_eval_is_perfect(tiny, tmp_path):
 
     ann = tiny.parent / yaml.safe_load(tiny.read_text())["coco_json"]
     gt = COCO(str(ann))
-    dets = [{"image_id": a["image_id"], "category_id": a["category_id"], "bbox": a["bbox"], "score": 1.0} for a in gt.dataset["annotations"]]
+    dets = [
+        {"image_id": a["image_id"], "category_id": a["category_id"], "bbox": a["bbox"], "score": 1.0}
+        for a in gt.dataset["annotations"]
+    ]
     pred = tmp_path / "predictions.json"
     pred.write_text(json.dumps(dets))
     ev = COCOeval(gt, gt.loadRes(str(pred)), "bbox")
@@ -206,7 +213,13 @@ def test_objects_visible_and_tight():
 
 def _cli(*args):
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    return subprocess.run([sys.executable, str(REPO / "tools/make_synthetic.py"), *args], capture_output=True, text=True, env=env, timeout=60)
+    return subprocess.run(
+        [sys.executable, str(REPO / "tools/make_synthetic.py"), *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=60,
+    )
 
 
 def test_cli(tmp_path):

@@ -11,8 +11,8 @@ thickness, arm/bar widths, crescent cut), so the detector must learn shape, not 
 
 * colour: every object gets a random colour (at least a fixed RGB distance from the background under it), an
   optional brightness gradient, optional stripes and an optional outline; colour never identifies a class;
-* scale from COCO-small (longest side 8 px) to large (half the image side), log-uniform, so about half of the objects
-  are COCO-"small" (area < 32^2 at 224 px);
+* scale from COCO-small (longest side 8 px) to large (half the image side), a log-uniform / uniform mix: in the bench
+  preset the median box side is 32 px and about 55% of the boxes are COCO-"small" (< 32^2 px);
 * full 360 degree rotation and aspect-ratio jitter (about 0.7..1.4);
 * 1..12 objects per image with partial occlusion between them and truncation by the image border, both capped so
   that every labelled object keeps at least ``min_visible`` (50%) of its drawn pixels;
@@ -31,7 +31,7 @@ COCO ``bbox = [x0, y0, x1 - x0, y1 - y0]`` and YOLO ``cx = (x0 + x1) / 2 / W`` .
 ========  =======  =====  ======  ========================================================
 preset    train    val    imgsz   use
 ========  =======  =====  ======  ========================================================
-tiny      24       12     128     unit tests (about a second to generate)
+tiny      24       12     128     unit tests (generated in well under a second)
 demo      320      80     160     README demo: yolov8s teacher + yolov8n student in minutes on CPU
 bench     1500     300    192     benchmark: mAP differences between FP / QAT / KD runs show
 ========  =======  =====  ======  ========================================================
@@ -40,12 +40,12 @@ bench     1500     300    192     benchmark: mAP differences between FP / QAT / 
 ``images/{train,val}/<12-digit id>.jpg``, ``labels/{train,val}/<id>.txt`` (``cls cx cy w h``, normalised),
 ``annotations/instances_{train,val}.json`` (``image_id == int(stem)``, ids unique across splits and starting at 1;
 ``category_id == class index + 1``, the ``class_map`` Ultralytics uses for non-COCO data), ``data.yaml`` (``path``
-absolute, ``train``, ``val``, ``nc``, ``names``, ``coco_json``) and ``.synthetic_stamp.json`` (written last; a root
-whose stamp matches the request is returned untouched).
+absolute, ``train``, ``val``, ``nc``, ``names``, ``coco_json``) and ``.synthetic_stamp.json`` (marked complete last;
+a root whose complete stamp matches the request is returned untouched).
 
-**Determinism**: image ``i`` of split ``s`` is drawn from ``numpy.random.default_rng([seed, s, i, imgsz])`` alone, so
-it does not depend on generation order or on the number of images; the same seed and preset give byte-identical
-labels and json, and identical images for the same OpenCV build.
+**Determinism**: the image with id ``i`` (train ids ``1..n_train``, val ids follow) of split ``s`` is drawn from
+``numpy.random.default_rng([seed, s, i, imgsz])`` alone, so it does not depend on generation order; the same seed and
+preset give byte-identical labels and json, and identical images for the same OpenCV build.
 """
 
 from __future__ import annotations
@@ -327,7 +327,11 @@ def _object_look(rng: np.random.Generator, alpha: np.ndarray, color: np.ndarray)
 
 def _distractor(rng: np.random.Generator, s: int, top: bool) -> tuple[np.ndarray, int, int, np.ndarray]:
     """An unlabelled clutter item: (alpha patch unclipped, x0, y0, look). ``top`` ones are thin strokes only."""
-    kind = ("line", "scribble")[int(rng.integers(2))] if top else ("blob", "noise", "line", "scribble", "arc")[int(rng.integers(5))]
+    kind = (
+        ("line", "scribble")[int(rng.integers(2))]
+        if top
+        else ("blob", "noise", "line", "scribble", "arc")[int(rng.integers(5))]
+    )
     color = _rand_color(rng)
     if kind == "blob":
         r = rng.uniform(3, 0.22 * s)
@@ -431,11 +435,15 @@ class _Scene:
         out = []
         for k, (x0, y0, x1, y1) in enumerate(self.rect):
             ys, xs = np.nonzero(self.owner[y0:y1, x0:x1] == k)
-            out.append(((x0 + int(xs.min()), y0 + int(ys.min()), x0 + int(xs.max()) + 1, y0 + int(ys.max()) + 1), len(xs)))
+            out.append(
+                ((x0 + int(xs.min()), y0 + int(ys.min()), x0 + int(xs.max()) + 1, y0 + int(ys.max()) + 1), len(xs))
+            )
         return out
 
 
-def render_image(spec: SynthSpec, rng: np.random.Generator, first_cls: int | None = None) -> tuple[np.ndarray, list[SyntheticObject]]:
+def render_image(
+    spec: SynthSpec, rng: np.random.Generator, first_cls: int | None = None
+) -> tuple[np.ndarray, list[SyntheticObject]]:
     """Draw one image (BGR uint8, ``spec.imgsz`` square) and its labelled objects from ``rng``.
 
     ``first_cls`` forces the class of the first object (which is always placed); ``make_synthetic`` cycles it through
@@ -588,7 +596,9 @@ _MANAGED = ("images/train", "images/val", "labels/train", "labels/val", "annotat
 def _coco_dict(split: str, spec: SynthSpec, records: list[tuple[int, list[SyntheticObject]]]) -> dict:
     images, anns = [], []
     for image_id, objs in records:
-        images.append({"id": image_id, "file_name": f"{_stem(image_id)}.jpg", "width": spec.imgsz, "height": spec.imgsz})
+        images.append(
+            {"id": image_id, "file_name": f"{_stem(image_id)}.jpg", "width": spec.imgsz, "height": spec.imgsz}
+        )
         for o in objs:
             x0, y0, x1, y1 = o.box
             anns.append(
@@ -616,7 +626,9 @@ def _write_text(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
-def make_synthetic(root: str | os.PathLike, preset: str = "tiny", seed: int = 0, *, force: bool = False, **overrides) -> Path:
+def make_synthetic(
+    root: str | os.PathLike, preset: str = "tiny", seed: int = 0, *, force: bool = False, **overrides
+) -> Path:
     """Generate (or reuse) the synthetic benchmark under ``root``; return the path of its ``data.yaml``.
 
     ``overrides`` replace fields of the preset's :class:`SynthSpec` (e.g. ``n_train=100, imgsz=256``). If ``root``
@@ -640,7 +652,9 @@ def make_synthetic(root: str | os.PathLike, preset: str = "tiny", seed: int = 0,
     if not os.access(root, os.W_OK):
         raise PermissionError(f"{root} is not writable")
     if _read_stamp(root) is None and not force and any((root / p).exists() for p in _MANAGED):
-        raise FileExistsError(f"{root} holds a dataset that gor_det did not generate; pass force=True (CLI: --force) to overwrite it")
+        raise FileExistsError(
+            f"{root} holds a dataset that gor_det did not generate; pass force=True (CLI: --force) to overwrite it"
+        )
 
     stamp = _stamp_payload(preset, seed, spec)
     _write_text(root / STAMP_NAME, json.dumps({**stamp, "complete": False}, indent=1))
@@ -668,7 +682,10 @@ def make_synthetic(root: str | os.PathLike, preset: str = "tiny", seed: int = 0,
                 raise OSError(f"cannot write {img_dir / _stem(image_id)}.jpg")
             (lbl_dir / f"{_stem(image_id)}.txt").write_text("".join(_yolo_line(o, spec.imgsz) + "\n" for o in objs))
             records.append((image_id, objs))
-        _write_text(root / "annotations" / f"instances_{split}.json", json.dumps(_coco_dict(split, spec, records), separators=(",", ":")))
+        _write_text(
+            root / "annotations" / f"instances_{split}.json",
+            json.dumps(_coco_dict(split, spec, records), separators=(",", ":")),
+        )
 
     names = "\n".join(f"  {i}: {n}" for i, n in enumerate(CLASSES))
     _write_text(

@@ -178,7 +178,7 @@ class GorDetectionTrainer(DetectionTrainer):
         m = unwrap_model(self.model)
         if self.gor.distilling and hasattr(m, "kd"):
             g = m.kd["gor"]
-            metrics = {**metrics, "gor/s_task": float(g.s_task), "gor/s_kd": float(g.s_kd)}
+            metrics = {**metrics, "gor/s_task": float(g.s_task.detach()), "gor/s_kd": float(g.s_kd.detach())}
         super().save_metrics(metrics)
 
 

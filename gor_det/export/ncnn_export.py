@@ -44,11 +44,9 @@ WEIGHTLESS = {
     "HardSwish", "HardSigmoid", "Mish", "GELU", "ELU", "SELU", "TanH", "Softplus", "Erf", "Pooling", "Pooling1D",
     "Pooling3D", "Interp", "Reshape", "Permute", "Softmax", "Crop", "Flatten", "Noop", "Padding", "Dropout",
     "Squeeze", "ExpandDims", "Reduction", "ShuffleChannel", "PixelShuffle", "Reorg", "Cast", "MatMul", "Tile",
-    "Threshold", "Power", "Exp", "Log", "AbsVal", "Bias", "Packing", "Flip", "CopyTo", "Fold", "Unfold",
-    "Quantize", "Dequantize", "Requantize", "Shrink", "Diag", "CumulativeSum", "Spectrogram",
-    "Normalize", "ArgMax", "Deconvolution1D", "DeconvolutionDepthWise1D", "Convolution1D", "ConvolutionDepthWise1D",
+    "Threshold", "Power", "Exp", "Log", "AbsVal", "Packing", "Flip", "CopyTo", "Fold", "Unfold", "Shrink", "Diag",
+    "CumulativeSum", "ArgMax",
 }
-# *1D convs do carry weights: handled in _blobs before the WEIGHTLESS lookup
 CONV_TYPES = ("Convolution", "ConvolutionDepthWise")
 
 
@@ -212,6 +210,7 @@ def _run_pnnx(model: nn.Module, im: torch.Tensor, param: Path, binf: Path, fp16:
         model.eval()
         with torch.no_grad(), warnings.catch_warnings():
             warnings.simplefilter("ignore")
+            model(im)  # dry run: Detect caches anchors/strides for this shape, so they trace as constants
             ts = torch.jit.trace(model, im, check_trace=False, strict=False)
         ts.save(str(tmp / "model.pt"))
         shape = ",".join(str(int(s)) for s in im.shape)

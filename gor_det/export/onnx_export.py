@@ -32,6 +32,7 @@ def _torch_export(model, im, path: Path, opset: int, dynamic: bool) -> None:
     model.eval()
     with warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore")  # legacy-exporter DeprecationWarning, TracerWarnings of the Detect head
+        model(im)  # dry run (as Ultralytics' exporter): Detect caches anchors/strides for this shape
         torch.onnx.export(
             model,
             im,

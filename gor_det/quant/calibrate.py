@@ -28,10 +28,12 @@ def calibrate(model: nn.Module, forward_loop: Callable[[nn.Module], object], qcf
     """Initialise all step sizes of a prepared model from its weights and ``forward_loop(model)``'s activations."""
     mods = list(quant_modules(model).values())
     for m in mods:
+        m.weight_q.percentile = float(qcfg.percentile)
         m.init_weight_scale(qcfg.calib)
     acts = [m.act_q for m in mods]
     for q in acts:
         q.reset_observer()
+        q.percentile = float(qcfg.percentile)
         q.observing = True
     was_training = model.training
     model.eval()  # BN running statistics (deploy form) and no BN statistics update during calibration

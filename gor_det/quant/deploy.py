@@ -61,7 +61,8 @@ class _DeployQ(Float32Module):
         """The dequantized weight ``weight_int * weight_scale`` (through a per-channel Q/DQ pair, axis 0)."""
         s = self.weight_scale.reshape(-1, *([1] * (self.weight_int.dim() - 1)))
         return torch.fake_quantize_per_channel_affine(
-            self.weight_int * s, self.weight_scale, self.weight_zero_point, 0, *W_EXPORT_RANGE)
+            self.weight_int * s, self.weight_scale, self.weight_zero_point, 0, *W_EXPORT_RANGE
+        )
 
     def extra_repr(self) -> str:
         return f"w_bits={self.w_bits}, a_bits={self.a_bits}, a_q=[{self.a_qmin}, {self.a_qmax}]"
@@ -85,8 +86,15 @@ class DeployQConv2d(_DeployQ):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         dtype = x.dtype
-        y = F.conv2d(self.quantize_input(x.float()), self.dequant_weight(), self.bias, self.stride, self.padding,
-                     self.dilation, self.groups)
+        y = F.conv2d(
+            self.quantize_input(x.float()),
+            self.dequant_weight(),
+            self.bias,
+            self.stride,
+            self.padding,
+            self.dilation,
+            self.groups,
+        )
         return y.to(dtype)
 
 

@@ -28,6 +28,10 @@ from torch import nn
 from gor_det.quant.numerics import SCALE_MIN, FakeQuantizer, Float32Module
 
 
+_GEOMETRY = frozenset({"in_channels", "out_channels", "kernel_size", "stride", "padding", "dilation", "groups",
+                       "in_features", "out_features"})
+
+
 class QuantModule(Float32Module):
     """Common part: ``act_q`` (input, per tensor) and ``weight_q`` (weight, per output channel)."""
 
@@ -47,6 +51,18 @@ class QuantModule(Float32Module):
 
     def weight_to_quantize(self) -> torch.Tensor:
         raise NotImplementedError
+
+    # The wrapped layer's geometry, readable like a conv/linear: Ultralytics inspects e.g.
+    # ``head.cv2[i][0].conv.in_channels`` when it loads weights (DetectionModel.load).
+    def __getattr__(self, name: str):
+        try:
+            return super().__getattr__(name)
+        except AttributeError:
+            if name in _GEOMETRY:
+                inner = self._modules.get("conv") or self._modules.get("linear")
+                if inner is not None:
+                    return getattr(inner, name)
+            raise
 
     def deploy_params(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """``(weight_int, weight_scale, bias)``: integer codes (float32), per-channel step (Cout,), bias (Cout,) such

@@ -81,7 +81,7 @@ def fake_quant(x: torch.Tensor, scale: torch.Tensor, zero_point: torch.Tensor, q
 
 
 class Float32Module(nn.Module):
-    """Mixin: ``.half()``, ``.double()``, ``.to(dtype)`` leave this module's floating tensors (and its children's) in
+    """Base class: ``.half()``, ``.double()``, ``.to(dtype)`` leave this module's floating tensors (and its children's) in
     float32; device moves still apply.
 
     Why: Ultralytics saves checkpoints with ``deepcopy(ema).half()``. Step sizes rounded to fp16 would change every
@@ -142,6 +142,7 @@ class FakeQuantizer(Float32Module):
         self.learn_scale = bool(learn_scale)
         self.register_buffer("zero_point", torch.zeros(shape))
         self.register_buffer("initialized", torch.zeros(()))
+        self._initialized_cache = False
         self.enabled = True
         self.observing = False
         self._obs: dict | None = None
@@ -150,14 +151,28 @@ class FakeQuantizer(Float32Module):
     @classmethod
     def for_weights(cls, channels: int, qcfg) -> FakeQuantizer:
         """Per-output-channel symmetric narrow-range weight quantizer from a :class:`~gor_det.config.QuantCfg`."""
-        return cls(qcfg.w_bits, symmetric=True, narrow=True, channels=channels, learn_scale=qcfg.learn_scales,
-                   calib=qcfg.calib, percentile=qcfg.percentile)
+        return cls(
+            qcfg.w_bits,
+            symmetric=True,
+            narrow=True,
+            channels=channels,
+            learn_scale=qcfg.learn_scales,
+            calib=qcfg.calib,
+            percentile=qcfg.percentile,
+        )
 
     @classmethod
     def for_acts(cls, qcfg) -> FakeQuantizer:
         """Per-tensor activation quantizer (signed symmetric, or unsigned with zero point) from a ``QuantCfg``."""
-        return cls(qcfg.a_bits, symmetric=qcfg.a_symmetric, narrow=False, channels=None,
-                   learn_scale=qcfg.learn_scales, calib=qcfg.calib, percentile=qcfg.percentile)
+        return cls(
+            qcfg.a_bits,
+            symmetric=qcfg.a_symmetric,
+            narrow=False,
+            channels=None,
+            learn_scale=qcfg.learn_scales,
+            calib=qcfg.calib,
+            percentile=qcfg.percentile,
+        )
 
     @property
     def scale(self) -> torch.Tensor:
@@ -166,12 +181,21 @@ class FakeQuantizer(Float32Module):
 
     @property
     def is_initialized(self) -> bool:
-        return bool(self.initialized > 0)
+        # cached once true: reading the buffer is a device sync (on a GPU, twice per quantized layer and forward)
+        if not getattr(self, "_initialized_cache", False):
+            self._initialized_cache = bool(self.initialized > 0)
+        return self._initialized_cache
+
+    def _load_from_state_dict(self, *args, **kwargs):
+        self._initialized_cache = False  # the loaded ``initialized`` buffer decides again
+        super()._load_from_state_dict(*args, **kwargs)
 
     def extra_repr(self) -> str:
         kind = "per-tensor" if self.channels is None else f"per-channel({self.channels})"
-        return (f"bits={self.bits}, q=[{self.qmin}, {self.qmax}], {kind}, learn_scale={self.learn_scale}, "
-                f"enabled={self.enabled}")
+        return (
+            f"bits={self.bits}, q=[{self.qmin}, {self.qmax}], {kind}, learn_scale={self.learn_scale}, "
+            f"enabled={self.enabled}"
+        )
 
     # ----------------------------------------------------------------------------------------------------------------
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -197,10 +221,10 @@ class FakeQuantizer(Float32Module):
         g = 1.0 / math.sqrt(max(1, n) * self.qmax)  # LSQ gradient scale
         if self.channels is None:
             y = torch._fake_quantize_learnable_per_tensor_affine(
-                x, s.reshape(1), self.zero_point.reshape(1), self.qmin, self.qmax, g)
+                x, s.reshape(1), self.zero_point.reshape(1), self.qmin, self.qmax, g
+            )
         else:
-            y = torch._fake_quantize_learnable_per_channel_affine(
-                x, s, self.zero_point, 0, self.qmin, self.qmax, g)
+            y = torch._fake_quantize_learnable_per_channel_affine(x, s, self.zero_point, 0, self.qmin, self.qmax, g)
         return y.to(dtype)
 
     def int_codes(self, x: torch.Tensor) -> torch.Tensor:
@@ -315,3 +339,4 @@ class FakeQuantizer(Float32Module):
         if zero_point is not None:
             self.zero_point.copy_(torch.as_tensor(zero_point, dtype=torch.float32).expand_as(self.zero_point))
         self.initialized.fill_(1.0)
+        self._initialized_cache = True

@@ -90,7 +90,7 @@ def prepare_qat(model: nn.Module, qcfg, forward_loop=None, filter_fn: FilterFn |
 def strip_qat(model: nn.Module) -> nn.Module:
     """Exact inverse of :func:`prepare_qat`, in place: the float modules with their trained (unfolded) weights, BN put
     back on its Conv block and the block's ``forward`` restored. Returns ``model``."""
-    for name, parent in list(model.named_modules()):
+    for parent in list(model.modules()):
         for cname, q in list(parent.named_children()):
             if isinstance(q, QConvBn2d):
                 conv, bn = q.to_float()

@@ -1,0 +1,194 @@
+"""Parity between two backends (e.g. PyTorch fake-quant vs NCNN INT8, ONNX FP vs TensorRT) on real images.
+
+Raw max-abs on the ``(B, 4 + nc, A)`` output means little for INT8: one flipped DFL bin moves a decoded box edge by
+a stride, so the box rows dominate (deployment-facts). :func:`compare_outputs` therefore reports
+
+* ``cls_max_abs``: max |score difference| over all anchors and classes (the scores are sigmoid probabilities);
+* ``rel_l2``: ``||test - ref|| / ||ref||`` over the whole output;
+* detections after NMS: detections of the two are matched greedily (same class, IoU >= ``match_iou``);
+  ``match_rate = matched / max(n_ref, n_test)`` and the IoU of the matched boxes.
+
+``ParityReport.ok`` applies the stated tolerances (all parameters). Default images: Ultralytics' bundled
+``assets/bus.jpg`` and ``assets/zidane.jpg`` (located without importing ultralytics).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+DEFAULT_IMAGES = ("bus.jpg", "zidane.jpg")
+
+
+def default_images() -> list[Path]:
+    """Paths of ``bus.jpg`` and ``zidane.jpg`` shipped in the ultralytics wheel."""
+    spec = importlib.util.find_spec("ultralytics")
+    if spec is None or not spec.submodule_search_locations:
+        raise RuntimeError("ultralytics is not installed: pass images explicitly")
+    assets = Path(list(spec.submodule_search_locations)[0]) / "assets"
+    paths = [assets / n for n in DEFAULT_IMAGES]
+    missing = [str(p) for p in paths if not p.is_file()]
+    if missing:
+        raise FileNotFoundError(f"bundled images not found: {missing}")
+    return paths
+
+
+def letterbox(img_bgr: np.ndarray, imgsz, pad_value: int = 114) -> np.ndarray:
+    """Ultralytics-style letterbox (keep ratio, centred grey padding) -> float32 (3, H, W) RGB in 0..1."""
+    import cv2
+
+    from gor_det.export._deps import imgsz_hw
+
+    h, w = imgsz_hw(imgsz)
+    ih, iw = img_bgr.shape[:2]
+    r = min(h / ih, w / iw)
+    nh, nw = round(ih * r), round(iw * r)
+    im = cv2.resize(img_bgr, (nw, nh), interpolation=cv2.INTER_LINEAR) if (nh, nw) != (ih, iw) else img_bgr
+    top, left = (h - nh) // 2, (w - nw) // 2
+    out = np.full((h, w, 3), pad_value, np.uint8)
+    out[top : top + nh, left : left + nw] = im
+    return np.ascontiguousarray(out[..., ::-1].transpose(2, 0, 1), dtype=np.float32) / 255.0
+
+
+def load_images(paths=None, imgsz=640) -> np.ndarray:
+    """Read and letterbox images (default: bus.jpg, zidane.jpg) -> float32 (N, 3, H, W) RGB 0..1."""
+    import cv2
+
+    out = []
+    for p in paths or default_images():
+        im = cv2.imread(str(p))
+        if im is None:
+            raise FileNotFoundError(f"image not found or unreadable: {p}")
+        out.append(letterbox(im, imgsz))
+    return np.stack(out)
+
+
+def nms(pred: np.ndarray, nc: int, conf: float = 0.25, iou: float = 0.7, max_det: int = 300):
+    """One image's ``(4 + nc [+extra], A)`` prediction -> ``(xyxy (n, 4), score (n,), cls (n,))`` (class-aware NMS)."""
+    import torch
+    import torchvision
+
+    p = torch.from_numpy(np.ascontiguousarray(pred, dtype=np.float32))
+    scores, cls = p[4 : 4 + nc].max(0)
+    keep = scores > conf
+    xywh, scores, cls = p[:4, keep].T, scores[keep], cls[keep]
+    xyxy = torch.cat([xywh[:, :2] - xywh[:, 2:] / 2, xywh[:, :2] + xywh[:, 2:] / 2], 1)
+    i = torchvision.ops.batched_nms(xyxy, scores, cls, iou)[:max_det]
+    return xyxy[i].numpy(), scores[i].numpy(), cls[i].numpy()
+
+
+def box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """IoU matrix of xyxy boxes ``(n, 4)`` x ``(m, 4)``."""
+    lt = np.maximum(a[:, None, :2], b[None, :, :2])
+    rb = np.minimum(a[:, None, 2:], b[None, :, 2:])
+    inter = np.clip(rb - lt, 0, None).prod(-1)
+    area = lambda x: np.clip(x[:, 2:] - x[:, :2], 0, None).prod(-1)  # noqa: E731
+    return inter / (area(a)[:, None] + area(b)[None] - inter + 1e-9)
+
+
+@dataclass
+class ParityReport:
+    """Numbers of :func:`compare_outputs`; ``ok`` when all are within ``tolerances``."""
+
+    cls_max_abs: float
+    rel_l2: float
+    box_max_abs: float
+    n_ref: int
+    n_test: int
+    matched: int
+    mean_iou: float
+    min_iou: float
+    tolerances: dict = field(default_factory=dict)
+
+    @property
+    def match_rate(self) -> float:
+        n = max(self.n_ref, self.n_test)
+        return 1.0 if n == 0 else self.matched / n
+
+    @property
+    def ok(self) -> bool:
+        t = self.tolerances
+        return (
+            self.cls_max_abs <= t.get("cls_tol", np.inf)
+            and self.rel_l2 <= t.get("rel_l2_tol", np.inf)
+            and self.match_rate >= t.get("min_match", 0.0)
+            and (self.matched == 0 or self.mean_iou >= t.get("min_mean_iou", 0.0))
+        )
+
+    def summary(self) -> str:
+        t = self.tolerances
+        return (
+            f"parity {'OK' if self.ok else 'FAILED'}: class-score max|d| {self.cls_max_abs:.3g} "
+            f"(tol {t.get('cls_tol')}), rel-L2 {self.rel_l2:.3g} (tol {t.get('rel_l2_tol')}), "
+            f"box max|d| {self.box_max_abs:.3g} px (info); detections ref {self.n_ref} / test {self.n_test}, "
+            f"matched {self.matched} ({self.match_rate:.0%}, min {t.get('min_match')}), "
+            f"IoU mean {self.mean_iou:.3f} min {self.min_iou:.3f} (min mean {t.get('min_mean_iou')})"
+            + ("; no detections above conf: NMS comparison is vacuous" if max(self.n_ref, self.n_test) == 0 else "")
+        )
+
+    def __str__(self) -> str:
+        return self.summary()
+
+
+def compare_outputs(
+    ref: np.ndarray,
+    test: np.ndarray,
+    nc: int | None = None,
+    conf: float = 0.25,
+    iou: float = 0.7,
+    match_iou: float = 0.5,
+    cls_tol: float = 0.05,
+    rel_l2_tol: float = 0.05,
+    min_match: float = 0.8,
+    min_mean_iou: float = 0.8,
+) -> ParityReport:
+    """Compare two ``(B, 4 + nc, A)`` outputs (``nc`` defaults to ``C - 4``, i.e. a Detect head).
+
+    Default tolerances suit INT8-runtime vs its PyTorch fake-quant model on real images; tighten them for FP vs FP
+    (e.g. ``cls_tol=1e-4, rel_l2_tol=1e-4, min_match=1.0``).
+    """
+    ref, test = np.asarray(ref, np.float32), np.asarray(test, np.float32)
+    if ref.shape != test.shape:
+        raise ValueError(f"output shapes differ: {ref.shape} vs {test.shape}")
+    nc = ref.shape[1] - 4 if nc is None else nc
+    d = test - ref
+    cls_max = float(np.abs(d[:, 4 : 4 + nc]).max()) if nc else 0.0
+    rel = float(np.linalg.norm(d) / max(np.linalg.norm(ref), 1e-12))
+    box_max = float(np.abs(d[:, :4]).max())
+    n_ref = n_test = matched = 0
+    ious = []
+    for r, t in zip(ref, test):
+        br, sr, cr = nms(r, nc, conf, iou)
+        bt, _, ct = nms(t, nc, conf, iou)
+        n_ref, n_test = n_ref + len(br), n_test + len(bt)
+        if not len(br) or not len(bt):
+            continue
+        m = box_iou(br, bt)
+        m[cr[:, None] != ct[None]] = 0.0
+        free = np.ones(len(bt), bool)
+        for k in np.argsort(-sr):
+            cand = np.where(free, m[k], 0.0)
+            j = int(cand.argmax())
+            if cand[j] >= match_iou:
+                free[j] = False
+                matched += 1
+                ious.append(float(cand[j]))
+    tol = dict(cls_tol=cls_tol, rel_l2_tol=rel_l2_tol, min_match=min_match, min_mean_iou=min_mean_iou, conf=conf,
+               iou=iou, match_iou=match_iou)
+    return ParityReport(cls_max, rel, box_max, n_ref, n_test, matched, float(np.mean(ious)) if ious else 0.0,
+                        float(np.min(ious)) if ious else 0.0, tol)
+
+
+def compare_backends(ref, test, images=None, imgsz=640, **kwargs) -> ParityReport:
+    """Run two backends (callables ``images -> (B, 4 + nc, A)``) on ``images`` and :func:`compare_outputs`.
+
+    ``images``: an ``(N, 3, H, W)`` float32 array, a list of image paths (letterboxed to ``imgsz``), or ``None`` for
+    Ultralytics' bus.jpg and zidane.jpg.
+    """
+    if images is None or not isinstance(images, np.ndarray):
+        images = load_images(images, imgsz)
+    return compare_outputs(np.asarray(ref(images)), np.asarray(test(images)), **kwargs)
+

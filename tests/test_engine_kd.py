@@ -1,0 +1,145 @@
+"""The trainer with teachers + GoR, and with QAT: real Ultralytics training on the tiny synthetic set."""
+
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import torch
+from conftest import tiny_overrides
+
+from gor_det.config import ConfigError, parse_gor
+from gor_det.engine.trainer import make_trainer_class
+
+
+def save_teacher(path, nc=None, names=None, cfg="yolov8s.yaml"):
+    """A local teacher .pt in Ultralytics' checkpoint format (random init: mechanics only)."""
+    from ultralytics.nn.tasks import DetectionModel
+
+    m = DetectionModel(cfg, nc=nc, verbose=False)
+    m.names = names
+    torch.save({"model": m.half(), "train_args": {}}, path)
+    return str(path)
+
+
+@pytest.fixture(scope="module")
+def teacher_pt(tiny_data, tmp_path_factory):
+    import yaml
+
+    names = yaml.safe_load(open(tiny_data))["names"]
+    return save_teacher(tmp_path_factory.mktemp("teacher") / "teacher.pt", nc=len(names), names=names)
+
+
+class StopAfterFirstEpoch(Exception):
+    pass
+
+
+def stop_after_first_epoch(trainer):
+    if trainer.epoch == 0:
+        raise StopAfterFirstEpoch
+
+
+def test_kd_gor_run_resume_and_plain_loadable(tiny_data, teacher_pt, tmp_path):
+    gor = parse_gor({"teachers": [teacher_pt], "balance": {"method": "gor", "lr": 0.05}, "threads": 2})
+    ov = tiny_overrides(tiny_data, tmp_path, "kd", epochs=2, save_period=-1)
+    trainer = make_trainer_class(gor)(overrides=ov)
+    trainer.add_callback("on_fit_epoch_end", stop_after_first_epoch)
+    with pytest.raises(StopAfterFirstEpoch):
+        trainer.train()
+
+    teacher = trainer.teachers.models[0]
+    t0 = {k: v.clone() for k, v in teacher.state_dict().items()}
+    ref = torch.load(teacher_pt, weights_only=False)["model"].float().state_dict()
+    assert all(torch.equal(t0[k], ref[k]) for k in ref), "teacher weights changed during training"
+    assert not any(p.requires_grad for p in teacher.parameters()) and not teacher.training
+
+    model = trainer.model
+    names = {g.get("param_group") for g in trainer.optimizer.param_groups}
+    assert "gor" in names
+    gor_group = next(g for g in trainer.optimizer.param_groups if g.get("param_group") == "gor")
+    assert gor_group["weight_decay"] == 0 and len(gor_group["params"]) == 2
+    s_task, s_kd = float(model.kd["gor"].s_task), float(model.kd["gor"].s_kd)
+    assert s_task != 0.0 and s_kd != 0.0, "GoR scalars did not move"
+    # the EMA holds the raw scalars, not an EMA-lagged value
+    assert float(trainer.ema.ema.kd["gor"].s_task) == s_task
+
+    # results.csv carries every KD term and both weights
+    header = trainer.csv.read_text().splitlines()[0]
+    for k in ("train/kd_feat", "train/kd_cls", "train/kd_box", "train/w_task", "train/w_kd", "gor/s_task"):
+        assert k in header, header
+
+    # the checkpoint holds no teacher: no tensor of the teacher's size and no teacher object
+    ck = torch.load(trainer.last, weights_only=False)
+    n_ck = sum(v.numel() for v in ck["ema"].state_dict().values())
+    n_student = sum(v.numel() for v in model.state_dict().values())
+    assert n_ck == n_student
+    ck_kd = ck["ema"].kd
+
+    # resume restores scalars (exact float32, through the int32 bit buffer) and adapters exactly
+    seen = {}
+
+    def grab(tr):
+        seen["kd"] = {k: v.clone() for k, v in tr.model.kd.state_dict().items()}
+        seen["s"] = (float(tr.model.kd["gor"].s_task), float(tr.model.kd["gor"].s_kd))
+        raise StopAfterFirstEpoch
+
+    resumed = make_trainer_class(gor)(overrides={"resume": str(trainer.last)})
+    resumed.add_callback("on_pretrain_routine_end", grab)
+    with pytest.raises(StopAfterFirstEpoch):
+        resumed.train()
+    assert seen["s"] == (s_task, s_kd)
+    for k, v in ck_kd["adapters"].state_dict().items():
+        assert torch.equal(seen["kd"]["adapters." + k], v.float()), k
+
+    # the checkpoint loads and predicts in plain Ultralytics (a process that never imports gor_det)
+    code = textwrap.dedent(f"""
+        import os; os.environ["YOLO_OFFLINE"] = "1"
+        import numpy as np
+        from ultralytics import YOLO
+        r = YOLO({str(trainer.last)!r}).predict(np.zeros((64, 64, 3), np.uint8), imgsz=64, verbose=False)
+        import sys; print("OK", "gor_det" in sys.modules)
+    """)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert "OK False" in out.stdout, out.stderr[-3000:]
+
+
+def test_class_mismatch_and_missing_teacher(tiny_data, tmp_path):
+    bad = save_teacher(tmp_path / "bad.pt", nc=2, names={0: "apple", 1: "pear"}, cfg="yolov8n.yaml")
+    ov = tiny_overrides(tiny_data, tmp_path, "bad")
+    with pytest.raises(ConfigError, match=r"(?s)classes do not match.*teacher \(2\).*apple.*student \(\d+\)"):
+        make_trainer_class(parse_gor({"teachers": [bad]}))(overrides=ov).train()
+    with pytest.raises(ConfigError, match="teacher checkpoint not found: nope.pt"):
+        make_trainer_class(parse_gor({"teachers": ["nope.pt"]}))(overrides=ov).train()
+
+
+@pytest.mark.parametrize("bits", [(8, 8), (4, 4)])
+def test_qat_train_checkpoint_resume_bit_exact(tiny_data, tmp_path, bits):
+    from gor_det.quant import is_qat, quant_state_dict
+
+    gor = parse_gor({"quant": {"w_bits": bits[0], "a_bits": bits[1], "calib_batches": 2}, "threads": 2})
+    ov = tiny_overrides(tiny_data, tmp_path, f"qat{bits[0]}{bits[1]}", epochs=2)
+    trainer = make_trainer_class(gor)(overrides=ov)
+    trainer.add_callback("on_fit_epoch_end", stop_after_first_epoch)
+    with pytest.raises(StopAfterFirstEpoch):
+        trainer.train()
+    groups = {g.get("param_group"): g for g in trainer.optimizer.param_groups}
+    assert groups["quant_scale"]["weight_decay"] == 0
+    ck = torch.load(trainer.last, weights_only=False)
+    assert is_qat(ck["ema"])
+    saved = quant_state_dict(ck["ema"])
+    assert saved and all(v.dtype == torch.float32 for v in saved.values() if v.is_floating_point())
+
+    seen = {}
+
+    def grab(tr):
+        seen["q"] = quant_state_dict(tr.model)
+        seen["ema"] = quant_state_dict(tr.ema.ema)
+        raise StopAfterFirstEpoch
+
+    resumed = make_trainer_class(gor)(overrides={"resume": str(trainer.last)})
+    resumed.add_callback("on_pretrain_routine_end", grab)
+    with pytest.raises(StopAfterFirstEpoch):
+        resumed.train()
+    for k, v in saved.items():
+        assert torch.equal(seen["q"][k], v), k
+        assert torch.equal(seen["ema"][k], v), k
