@@ -114,13 +114,18 @@ def run_one(run, suite, extra, key, out_root: Path, data: Path) -> dict:
         return json.loads(done.read_text())
     from gor_det.engine.evaluate import evaluate_artifact, write_json
 
-    t0 = time.time()
-    common = {**suite.get("common", {}), "data": str(data)}
-    if run.get("kind") == "ptq":
-        row = ptq_row(run, common, key, out_dir, data)
+    trained = out_dir / "train.json"  # training finished; only the evaluation is left (an interrupted eval)
+    if trained.exists():
+        row = json.loads(trained.read_text())
     else:
-        row = train_row(run, common, extra, key, out_dir)
-    row["wall_s"] = time.time() - t0
+        t0 = time.time()
+        common = {**suite.get("common", {}), "data": str(data)}
+        if run.get("kind") == "ptq":
+            row = ptq_row(run, common, key, out_dir, data)
+        else:
+            row = train_row(run, common, extra, key, out_dir)
+        row["wall_s"] = time.time() - t0
+        write_json(row, trained)
     m = evaluate_artifact(row["weights"], data, row["imgsz"], out_dir / "coco_eval")
     row.update({"name": run["name"], "seed": key["seed"], "mAP50-95": m["mAP50-95"], "mAP50": m["mAP50"]})
     write_json(row, done)

@@ -228,7 +228,11 @@ def check_qdq(model, quantized_ops=WEIGHTED_OPS, require_all: bool = False, skip
                     sv = np.asarray(vals[dq.input[1]])
                     ax = _expected_weight_axis(n.op_type, n, w.ndim)
                     if sv.size == 1 and sv.ndim <= 1:
-                        warn("scale", dq, "per-tensor weight scale (TensorRT accepts it; per-channel is gor_det's default)")
+                        warn(
+                            "scale",
+                            dq,
+                            "per-tensor weight scale (TensorRT accepts it; per-channel is gor_det's default)",
+                        )
                     elif sv.ndim != 1 or sv.size != w.shape[ax] or (attr(dq, "axis", 1) % w.ndim) != ax:
                         vio(
                             "scale",

@@ -40,12 +40,61 @@ TAG_FP16, TAG_INT8, TAG_RAW_SCALED = 0x01306B47, 0x000D4B38, 0x0002C056
 
 # layer types with nothing in the .bin (subset of ncnn's layer list that pnnx emits for detectors and friends)
 WEIGHTLESS = {
-    "Input", "Split", "Slice", "Concat", "BinaryOp", "UnaryOp", "Eltwise", "Swish", "Sigmoid", "ReLU", "Clip",
-    "HardSwish", "HardSigmoid", "Mish", "GELU", "ELU", "SELU", "TanH", "Softplus", "Erf", "Pooling", "Pooling1D",
-    "Pooling3D", "Interp", "Reshape", "Permute", "Softmax", "Crop", "Flatten", "Noop", "Padding", "Dropout",
-    "Squeeze", "ExpandDims", "Reduction", "ShuffleChannel", "PixelShuffle", "Reorg", "Cast", "MatMul", "Tile",
-    "Threshold", "Power", "Exp", "Log", "AbsVal", "Packing", "Flip", "CopyTo", "Fold", "Unfold", "Shrink", "Diag",
-    "CumulativeSum", "ArgMax",
+    "Input",
+    "Split",
+    "Slice",
+    "Concat",
+    "BinaryOp",
+    "UnaryOp",
+    "Eltwise",
+    "Swish",
+    "Sigmoid",
+    "ReLU",
+    "Clip",
+    "HardSwish",
+    "HardSigmoid",
+    "Mish",
+    "GELU",
+    "ELU",
+    "SELU",
+    "TanH",
+    "Softplus",
+    "Erf",
+    "Pooling",
+    "Pooling1D",
+    "Pooling3D",
+    "Interp",
+    "Reshape",
+    "Permute",
+    "Softmax",
+    "Crop",
+    "Flatten",
+    "Noop",
+    "Padding",
+    "Dropout",
+    "Squeeze",
+    "ExpandDims",
+    "Reduction",
+    "ShuffleChannel",
+    "PixelShuffle",
+    "Reorg",
+    "Cast",
+    "MatMul",
+    "Tile",
+    "Threshold",
+    "Power",
+    "Exp",
+    "Log",
+    "AbsVal",
+    "Packing",
+    "Flip",
+    "CopyTo",
+    "Fold",
+    "Unfold",
+    "Shrink",
+    "Diag",
+    "CumulativeSum",
+    "ArgMax",
 }
 CONV_TYPES = ("Convolution", "ConvolutionDepthWise")
 
@@ -114,9 +163,20 @@ def write_param(path, header: list[str], layers: list[NcnnLayer]) -> None:
 def _blobs(la: NcnnLayer) -> list[tuple[str, int]]:
     """The ``mb.load`` calls of ``layer.load_model``: ``[("tagged"|"raw", element count)]``."""
     t, i = la.type, la.i
-    if t in ("Convolution", "ConvolutionDepthWise", "Convolution1D", "ConvolutionDepthWise1D", "Convolution3D",
-             "ConvolutionDepthWise3D", "Deconvolution", "DeconvolutionDepthWise", "Deconvolution1D",
-             "DeconvolutionDepthWise1D", "Deconvolution3D", "DeconvolutionDepthWise3D"):
+    if t in (
+        "Convolution",
+        "ConvolutionDepthWise",
+        "Convolution1D",
+        "ConvolutionDepthWise1D",
+        "Convolution3D",
+        "ConvolutionDepthWise3D",
+        "Deconvolution",
+        "DeconvolutionDepthWise",
+        "Deconvolution1D",
+        "DeconvolutionDepthWise1D",
+        "Deconvolution3D",
+        "DeconvolutionDepthWise3D",
+    ):
         if i(19, 0):  # dynamic_weight: weights come from a bottom blob
             return []
         n = i(0)
@@ -281,16 +341,23 @@ def dequantized_copy(deploy_model: nn.Module) -> tuple[nn.Module, dict]:
         b = getattr(m, "bias", None)
         if is_deploy_conv(m):
             groups = int(getattr(m, "groups", 1))
-            f = nn.Conv2d(wi.shape[1] * groups, wi.shape[0], tuple(wi.shape[2:]), _pair(getattr(m, "stride", 1)),
-                          _pair(getattr(m, "padding", 0)), _pair(getattr(m, "dilation", 1)), groups, bias=b is not None)
+            f = nn.Conv2d(
+                wi.shape[1] * groups,
+                wi.shape[0],
+                tuple(wi.shape[2:]),
+                _pair(getattr(m, "stride", 1)),
+                _pair(getattr(m, "padding", 0)),
+                _pair(getattr(m, "dilation", 1)),
+                groups,
+                bias=b is not None,
+            )
             info[name] = dict(
                 weight=w.numpy().astype(np.float32),
                 weight_int=wi.numpy(),
                 weight_scale=ws.numpy().astype(np.float32),
                 act_scale=float(m.act_scale),
                 act_zero_point=float(getattr(m, "act_zero_point", 0.0)),
-                w_bits=int(getattr(m, "w_bits", 8)),
-                a_bits=int(getattr(m, "a_bits", 8)),
+                act_signed=getattr(m, "a_export_range", (getattr(m, "a_qmin", -128), None))[0] < 0,
                 groups=groups,
             )
         else:
@@ -305,10 +372,10 @@ def dequantized_copy(deploy_model: nn.Module) -> tuple[nn.Module, dict]:
 
 
 def _quant_reason(q: dict) -> str | None:
-    if q["w_bits"] != 8 or q["a_bits"] != 8:
-        return f"{q['w_bits']}/{q['a_bits']}-bit (NCNN INT8 is 8/8)"
-    if q["act_zero_point"] != 0:
-        return "asymmetric activation quantizer (NCNN INT8 is symmetric)"
+    """Why a deploy conv cannot be an NCNN INT8 conv (None: it can). Lower bit widths are fine: the deploy model
+    runs them on the 8-bit export grid with the trained step, and their integer codes fit int8."""
+    if q["act_zero_point"] != 0 or not q["act_signed"]:
+        return "asymmetric/unsigned activation quantizer (NCNN INT8 is signed symmetric)"
     if np.abs(q["weight_int"]).max() > 127:
         return "weight integers outside [-127, 127]"
     return None
@@ -324,8 +391,10 @@ def export_ncnn_int8(deploy_model: nn.Module, imgsz, out_dir, write_table: bool 
     out = Path(out_dir)
     float_model, info = dequantized_copy(deploy_model)
     if not info:
-        raise ValueError("no quantized conv (weight_int / weight_scale / act_scale) in the model: pass the output "
-                         "of gor_det.quant.convert_for_export")
+        raise ValueError(
+            "no quantized conv (weight_int / weight_scale / act_scale) in the model: pass the output "
+            "of gor_det.quant.convert_for_export"
+        )
     with tempfile.TemporaryDirectory(prefix="gor_det_ncnn_") as tmp:
         fp_param, fp_bin = Path(tmp) / "fp.param", Path(tmp) / "fp.bin"
         _run_pnnx(float_model, _dummy(float_model, imgsz), fp_param, fp_bin, fp16=False)
@@ -336,7 +405,7 @@ def export_ncnn_int8(deploy_model: nn.Module, imgsz, out_dir, write_table: bool 
     for name, q in info.items():
         by_weight.setdefault((q["weight"].size, q["weight"].tobytes()), []).append(name)
     res = NcnnModel(out / "model.ncnn.param", out / "model.ncnn.bin")
-    new_data, used = {}, set()
+    new_data, used, kept_float = {}, set(), {}
     for la in layers:
         if la.type not in CONV_TYPES:
             continue
@@ -351,15 +420,14 @@ def export_ncnn_int8(deploy_model: nn.Module, imgsz, out_dir, write_table: bool 
         q = info[mname]
         reason = _quant_reason(q)
         if reason:
-            warnings.warn(f"NCNN INT8: {mname} ({la.name}) stays float: {reason}", stacklevel=2)
+            kept_float.setdefault(reason, []).append(mname)
             res.float_layers.append(la.name)
             continue
         dw = la.type == "ConvolutionDepthWise"
         groups = la.i(7, 1) if dw else 1
         wscale = (1.0 / q["weight_scale"]).astype(np.float32)
         if dw and wscale.size != groups:  # grouped, not depthwise: NCNN keeps one weight scale per group
-            warnings.warn(f"NCNN INT8: {mname} ({la.name}) stays float: grouped conv with per-channel scales",
-                          stacklevel=2)
+            kept_float.setdefault("grouped conv with per-channel scales", []).append(mname)
             res.float_layers.append(la.name)
             continue
         bscale = np.float32(1.0 / q["act_scale"])
@@ -371,6 +439,8 @@ def export_ncnn_int8(deploy_model: nn.Module, imgsz, out_dir, write_table: bool 
         la.params["8"] = "1" if dw else "2"
         new_data[la.name] = (blob, wscale, bscale)
         res.quantized.append((la.name, mname))
+    for reason, names in kept_float.items():
+        warnings.warn(f"NCNN INT8: {len(names)} quantized conv(s) stay float ({reason}): {names[:4]}...", stacklevel=2)
     missing = sorted(set(info) - used)
     if missing:
         raise ValueError(f"NCNN INT8: no pnnx conv layer matches the weights of {missing[:5]} ({len(missing)} total)")

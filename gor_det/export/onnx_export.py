@@ -77,7 +77,6 @@ def export_onnx_qdq(
     opset: int = 17,
     dynamic: bool = False,
     simplify: bool = True,
-    activations: str = "int8",
     strict: bool = True,
     batch: int = 1,
 ) -> Path:
@@ -85,18 +84,17 @@ def export_onnx_qdq(
 
     Post-pass: each weight ``FP32 initializer -> QuantizeLinear -> DequantizeLinear`` is folded into an INT8
     initializer feeding the ``DequantizeLinear`` (per-channel scales on axis 0, int8 zero points), constants become
-    initializers, then onnxslim runs when ``simplify`` (kept only if it preserves every Q/DQ node).
+    initializers, then onnxslim runs when ``simplify`` (it may merge identical Q/DQ pairs on one tensor; its result is
+    kept only if every weighted op stays quantized). ``imgsz``: int or (h, w).
 
-    ``activations="uint8"`` writes the CPU flavour (activation zero point 128, same grid) for ONNX Runtime's integer
-    kernels; TensorRT needs the default ``"int8"``. With ``strict`` (default, int8 only) the result must pass
-    :func:`gor_det.export.check_qdq`, else ``ValueError`` with the report.
+    With ``strict`` (default) the result must pass :func:`gor_det.export.check_qdq` (TensorRT rules), else
+    ``ValueError`` with the report; ``strict=False`` for graphs meant for ONNX Runtime only (e.g. asymmetric
+    activations, exported as uint8 Q/DQ).
     """
-    if activations not in ("int8", "uint8"):
-        raise ValueError(f"activations must be 'int8' or 'uint8', not {activations!r}")
     if opset < 13:
         raise ValueError("per-channel Q/DQ needs opset >= 13")
     onnx = require("onnx")
-    from gor_det.export.qdq import activations_to_uint8, count_ops, fold_qdq_weights
+    from gor_det.export.qdq import count_ops, fold_qdq_weights
 
     path = Path(path)
     _torch_export(deploy_model, _dummy(deploy_model, imgsz, batch), path, opset, dynamic)
@@ -113,13 +111,13 @@ def export_onnx_qdq(
         if key(after) == key(before):
             proto = slim
         else:
-            warnings.warn(f"onnxslim changed the quantization ({before.stats} -> {after.stats}); kept the unslimmed "
-                          "graph", stacklevel=2)
-    if activations == "uint8":
-        activations_to_uint8(proto)
+            warnings.warn(
+                f"onnxslim changed the quantization ({before.stats} -> {after.stats}); kept the unslimmed graph",
+                stacklevel=2,
+            )
     onnx.checker.check_model(proto)
     onnx.save(proto, str(path))
-    if strict and activations == "int8":
+    if strict:
         from gor_det.export.check_qdq import check_qdq
 
         report = check_qdq(proto)

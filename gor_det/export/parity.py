@@ -176,10 +176,26 @@ def compare_outputs(
                 free[j] = False
                 matched += 1
                 ious.append(float(cand[j]))
-    tol = dict(cls_tol=cls_tol, rel_l2_tol=rel_l2_tol, min_match=min_match, min_mean_iou=min_mean_iou, conf=conf,
-               iou=iou, match_iou=match_iou)
-    return ParityReport(cls_max, rel, box_max, n_ref, n_test, matched, float(np.mean(ious)) if ious else 0.0,
-                        float(np.min(ious)) if ious else 0.0, tol)
+    tol = dict(
+        cls_tol=cls_tol,
+        rel_l2_tol=rel_l2_tol,
+        min_match=min_match,
+        min_mean_iou=min_mean_iou,
+        conf=conf,
+        iou=iou,
+        match_iou=match_iou,
+    )
+    return ParityReport(
+        cls_max,
+        rel,
+        box_max,
+        n_ref,
+        n_test,
+        matched,
+        float(np.mean(ious)) if ious else 0.0,
+        float(np.min(ious)) if ious else 0.0,
+        tol,
+    )
 
 
 def compare_backends(ref, test, images=None, imgsz=640, **kwargs) -> ParityReport:
@@ -191,4 +207,3 @@ def compare_backends(ref, test, images=None, imgsz=640, **kwargs) -> ParityRepor
     if images is None or not isinstance(images, np.ndarray):
         images = load_images(images, imgsz)
     return compare_outputs(np.asarray(ref(images)), np.asarray(test(images)), **kwargs)
-

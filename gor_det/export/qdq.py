@@ -2,9 +2,11 @@
 
 * :func:`fold_qdq_weights`: ``FP32 weight -> QuantizeLinear -> DequantizeLinear`` becomes ``INT8 weight ->
   DequantizeLinear`` (the form TensorRT calls "pre-quantized weights"; yolov8n: 12.9 MB -> 3.5 MB, same output).
-* :func:`activations_to_uint8`: rewrites symmetric int8 activation Q/DQ (zero point 0) to uint8 with zero point 128,
-  which is exactly the same grid (``q_u8 = q_i8 + 128`` over [-128, 127]) and lets ONNX Runtime's x86 integer
-  kernels run. A CPU-only flavour: TensorRT rejects it (see :mod:`gor_det.export.check_qdq`).
+
+Measured (yolov8n, 320 px, ONNX Runtime 1.32, 2 threads): rewriting the activation Q/DQ to uint8 / zero point 128 (the
+same grid) does NOT reach ORT's integer kernels (57 ms vs 56 ms int8, FP32 45 ms): its QLinearConv fusion also needs
+a Q on the conv output, which TensorRT-style graphs do not have. So there is no CPU flavour here; run INT8 on CPU
+with NCNN (:mod:`gor_det.export.ncnn_export`).
 """
 
 from __future__ import annotations
@@ -150,31 +152,6 @@ def fold_qdq_weights(model) -> int:
     g.node.extend(nodes)
     prune_initializers(model)
     return len(drop)
-
-
-def activations_to_uint8(model) -> int:
-    """Rewrite activation Q/DQ pairs with int8 zero point 0 to uint8 zero point 128 (same grid). In place.
-
-    Weight DequantizeLinear nodes (constant input) are left int8. Returns the number of rewritten nodes.
-    """
-    from onnx import numpy_helper
-
-    g = model.graph
-    vals = constants(g)
-    zp_name = "gor_det_act_zero_point_u8"
-    count = 0
-    for n in g.node:
-        if n.op_type not in QDQ_OPS or n.input[0] in vals or len(n.input) < 3:
-            continue
-        zp = vals.get(n.input[2])
-        if zp is None or zp.dtype != np.int8 or zp.size != 1 or zp.item() != 0:
-            continue
-        n.input[2] = zp_name
-        count += 1
-    if count:
-        g.initializer.append(numpy_helper.from_array(np.array(128, np.uint8), zp_name))
-        prune_initializers(model)
-    return count
 
 
 def count_ops(model, ops=QDQ_OPS) -> dict:

@@ -1,0 +1,198 @@
+"""gor_det.export NCNN: pnnx FP export vs torch, INT8 written from the QAT scales vs the fake-quant model, errors.
+
+Same tiny model as test_export_onnx (random-init yolov8n, nc=4, 64 px, gor_det.quant + convert_for_export)."""
+
+from __future__ import annotations
+
+import copy
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+import gor_det  # noqa: F401  (offline environment before any ultralytics import)
+
+pytest.importorskip("ncnn")
+pytest.importorskip("pnnx")
+
+IMGSZ = 64
+
+
+def make_models(nc: int = 4, imgsz: int = IMGSZ, seed: int = 0):
+    """(fp fused export-mode model, QAT model, convert_for_export model) of a yolov8n with non-trivial weights."""
+    from ultralytics.nn.tasks import DetectionModel
+
+    from gor_det.config import QuantCfg
+    from gor_det.quant import convert_for_export, prepare_qat
+
+    torch.manual_seed(seed)
+    m = DetectionModel("yolov8n.yaml", nc=nc, verbose=False)
+    for mod in m.modules():
+        if isinstance(mod, nn.Conv2d):
+            nn.init.kaiming_normal_(mod.weight, nonlinearity="relu")
+            if mod.bias is not None:
+                nn.init.uniform_(mod.bias, -0.5, 0.5)
+        elif isinstance(mod, nn.BatchNorm2d):
+            nn.init.uniform_(mod.weight, 0.5, 1.0)
+            nn.init.uniform_(mod.bias, -0.3, 0.3)
+    m.model[-1].dfl.conv.weight.data[:] = torch.arange(16.0).view(1, 16, 1, 1)
+    m.eval()
+    fp = copy.deepcopy(m).fuse()
+    calib = torch.rand(4, 3, imgsz, imgsz)
+    prepare_qat(m, QuantCfg(calib="minmax"), forward_loop=lambda mm: mm(calib))
+    m.fuse()
+    for mm in (fp, m):
+        for mod in mm.modules():
+            if type(mod).__name__ == "Detect":
+                mod.export, mod.format = True, "ncnn"
+    return fp, m, convert_for_export(m)
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory):
+    from gor_det.export import export_ncnn, export_ncnn_int8
+
+    fp, qat, dep = make_models()
+    root = tmp_path_factory.mktemp("ncnn")
+    return dict(
+        fp=fp,
+        dep=dep,
+        nfp=export_ncnn(fp, IMGSZ, root / "fp_ncnn_model"),
+        n8=export_ncnn_int8(dep, IMGSZ, root / "int8_ncnn_model"),
+    )
+
+
+@pytest.fixture(scope="module")
+def images():
+    from gor_det.export import load_images
+
+    return load_images(imgsz=IMGSZ)
+
+
+def test_ncnn_fp_matches_torch(exported, images):
+    from gor_det.export import NcnnBackend, TorchBackend, compare_backends
+
+    nfp = exported["nfp"]
+    assert nfp.param.name == "model.ncnn.param" and nfp.bin.is_file()
+    be = NcnnBackend(nfp.param)  # fp32 (fp16 storage off)
+    assert not be.int8
+    rep = compare_backends(TorchBackend(exported["fp"]), be, images, cls_tol=1e-4, rel_l2_tol=1e-4, min_match=1.0)
+    print("NCNN FP32 vs torch:", rep.summary())
+    assert rep.ok, rep.summary()
+    assert be(images).shape == (2, 8, 84)
+
+
+def test_ncnn_int8_files(exported):
+    from gor_det.export.ncnn_export import read_param
+
+    dep, n8, nfp = exported["dep"], exported["n8"], exported["nfp"]
+    n_q = sum(1 for m in dep.modules() if hasattr(m, "weight_int"))
+    assert len(n8.quantized) == n_q == 56
+    _, layers = read_param(n8.param)
+    int8 = [la for la in layers if la.type == "Convolution" and la.params.get("8") == "2"]
+    assert len(int8) == n_q
+    names = dict(n8.quantized)
+    assert "model.0.conv" not in names.values() and not any("dfl" in v for v in names.values())
+    assert len(n8.float_layers) == 8  # first conv, DFL, 6 head output convs (quant.DEFAULT_SKIP)
+    assert n8.bin.stat().st_size < 0.3 * nfp.bin.stat().st_size  # int8 weights (12.0 MB -> 3.1 MB here)
+    lines = n8.table.read_text().splitlines()
+    assert len(lines) == 2 * n_q and lines[0].split()[0].endswith("_param_0")
+    # NCNN scale = 1 / step (inverse of ONNX's): check one conv
+    lname, mname = n8.quantized[0]
+    step = dep.get_submodule(mname).weight_scale.numpy()
+    wline = next(ln for ln in lines if ln.startswith(f"{lname}_param_0 "))
+    np.testing.assert_allclose(np.array(wline.split()[1:], np.float32), 1.0 / step, rtol=1e-6)
+
+
+def test_ncnn_int8_conv_is_exact(exported, images):
+    """The first INT8 conv's output equals the fake-quant conv's: the int8 weights/scales are read as intended."""
+    import ncnn
+
+    from gor_det.export import NcnnBackend
+    from gor_det.export.ncnn_export import read_param
+
+    dep, n8 = exported["dep"], exported["n8"]
+    be = NcnnBackend(n8.param)
+    assert be.int8
+    _, layers = read_param(n8.param)
+    by_name = {la.name: la for la in layers}
+    outs = {}
+    hooks = [
+        dep.get_submodule(m).register_forward_hook(lambda mod, i, o, k=m: outs.__setitem__(k, o[0].numpy()))
+        for _, m in n8.quantized[:3]
+    ]
+    with torch.no_grad():
+        dep(torch.from_numpy(images[:1]))
+    for h in hooks:
+        h.remove()
+    for lname, mname in n8.quantized[:3]:
+        with be.net.create_extractor() as ex:
+            ex.input(be.input_name, ncnn.Mat(np.ascontiguousarray(images[0])))
+            ret, y = ex.extract(by_name[lname].tops[0])
+        assert ret == 0
+        err = np.abs(np.array(y) - outs[mname]).max()
+        print(f"{lname} ({mname}) INT8 conv vs fake-quant conv: max |d| {err:.2e}")
+        assert err < 1e-4
+
+
+def test_ncnn_int8_matches_fake_quant(exported, images):
+    from gor_det.export import NcnnBackend, TorchBackend, compare_backends
+
+    dep, n8 = exported["dep"], exported["n8"]
+    be = NcnnBackend(n8.param, threads=1)
+    rep = compare_backends(TorchBackend(dep), be, images, cls_tol=5e-3, rel_l2_tol=1e-3)
+    print("NCNN INT8 vs torch fake-quant:", rep.summary())
+    assert rep.ok, rep.summary()
+    quant_err = compare_backends(TorchBackend(exported["fp"]), TorchBackend(dep), images)
+    print("(torch fake-quant vs FP, for scale:", quant_err.summary(), ")")
+    assert rep.rel_l2 <= quant_err.rel_l2  # NCNN INT8 tracks the fake-quant model, not the FP one
+
+
+def test_ncnn_int8_rejects_float_model(exported, tmp_path):
+    from gor_det.export import export_ncnn_int8
+
+    with pytest.raises(ValueError, match="convert_for_export"):
+        export_ncnn_int8(exported["fp"], IMGSZ, tmp_path / "x")
+
+
+def test_ncnn_backend_missing_and_corrupt(exported, tmp_path):
+    from gor_det.export import ModelFileError, NcnnBackend
+
+    with pytest.raises(FileNotFoundError, match="model file not found"):
+        NcnnBackend(tmp_path / "nope.param")
+    src = exported["nfp"]
+    (tmp_path / "a.param").write_text("hello\nworld\n")
+    (tmp_path / "a.bin").write_bytes(src.bin.read_bytes())
+    with pytest.raises(ModelFileError, match="not a valid NCNN .param"):
+        NcnnBackend(tmp_path / "a.param")
+    (tmp_path / "b.param").write_text(src.param.read_text())
+    (tmp_path / "b.bin").write_bytes(src.bin.read_bytes()[:-100])
+    with pytest.raises(ModelFileError, match="corrupt|truncated"):
+        NcnnBackend(tmp_path / "b.param")
+    with pytest.raises(FileNotFoundError, match="model file not found"):
+        NcnnBackend(src.param, bin=tmp_path / "missing.bin")
+
+
+def test_ncnn_int8_keeps_asymmetric_layers_float(tmp_path):
+    """NCNN INT8 is signed symmetric: asymmetric activation quantizers stay float (with a warning), never wrong."""
+    from ultralytics.nn.tasks import DetectionModel
+
+    from gor_det.config import QuantCfg
+    from gor_det.export import NcnnBackend, export_ncnn_int8
+    from gor_det.quant import convert_for_export, prepare_qat
+
+    torch.manual_seed(0)
+    m = DetectionModel("yolov8n.yaml", nc=4, verbose=False).eval()
+    prepare_qat(m, QuantCfg(calib="minmax", a_symmetric=False), forward_loop=lambda mm: mm(torch.rand(2, 3, 64, 64)))
+    m.fuse()
+    m.model[-1].export = True
+    dep = convert_for_export(m)
+    with pytest.warns(UserWarning, match="stay float"):
+        res = export_ncnn_int8(dep, IMGSZ, tmp_path / "asym_ncnn_model")
+    assert res.quantized == [] and len(res.float_layers) == 64
+    be = NcnnBackend(res.param)
+    x = np.random.default_rng(0).uniform(0, 1, (1, 3, IMGSZ, IMGSZ)).astype(np.float32)
+    with torch.no_grad():
+        ref = dep(torch.from_numpy(x)).numpy()
+    assert not be.int8 and np.abs(be(x)[:, 4:] - ref[:, 4:]).max() < 0.05  # float NCNN vs fake-quant torch

@@ -1,0 +1,152 @@
+"""gor_det.export ONNX: FP export vs torch, Q/DQ export (folded INT8 weights, TensorRT rules, ORT vs fake-quant),
+runtime errors, lazy imports. Tiny random-init yolov8n (nc=4) at 64 px, QAT via gor_det.quant + convert_for_export."""
+
+from __future__ import annotations
+
+import copy
+import subprocess
+import sys
+
+import pytest
+import torch
+from torch import nn
+
+import gor_det  # noqa: F401  (offline environment before any ultralytics import)
+
+pytest.importorskip("onnx")
+pytest.importorskip("onnxruntime")
+
+IMGSZ = 64
+
+
+def make_models(nc: int = 4, imgsz: int = IMGSZ, seed: int = 0):
+    """(fp fused export-mode model, QAT model, convert_for_export model) of a yolov8n with non-trivial weights."""
+    from ultralytics.nn.tasks import DetectionModel
+
+    from gor_det.config import QuantCfg
+    from gor_det.quant import convert_for_export, prepare_qat
+
+    torch.manual_seed(seed)
+    m = DetectionModel("yolov8n.yaml", nc=nc, verbose=False)
+    for mod in m.modules():  # default init decays to ~constant outputs; make activations O(1)
+        if isinstance(mod, nn.Conv2d):
+            nn.init.kaiming_normal_(mod.weight, nonlinearity="relu")
+            if mod.bias is not None:
+                nn.init.uniform_(mod.bias, -0.5, 0.5)
+        elif isinstance(mod, nn.BatchNorm2d):
+            nn.init.uniform_(mod.weight, 0.5, 1.0)
+            nn.init.uniform_(mod.bias, -0.3, 0.3)
+    m.model[-1].dfl.conv.weight.data[:] = torch.arange(16.0).view(1, 16, 1, 1)
+    m.eval()
+    fp = copy.deepcopy(m).fuse()
+    calib = torch.rand(4, 3, imgsz, imgsz)
+    prepare_qat(m, QuantCfg(calib="minmax"), forward_loop=lambda mm: mm(calib))
+    m.fuse()
+    for mm in (fp, m):
+        for mod in mm.modules():
+            if type(mod).__name__ == "Detect":
+                mod.export, mod.format = True, "onnx"
+    return fp, m, convert_for_export(m)
+
+
+@pytest.fixture(scope="module")
+def models():
+    return make_models()
+
+
+@pytest.fixture(scope="module")
+def images():
+    from gor_det.export import load_images
+
+    return load_images(imgsz=IMGSZ)  # ultralytics' bus.jpg + zidane.jpg, letterboxed
+
+
+def test_import_is_lazy():
+    code = (
+        "import sys, gor_det.export\n"
+        "bad = [m for m in ('onnx', 'onnxruntime', 'onnxslim', 'ncnn', 'pnnx', 'tensorrt', 'ultralytics') "
+        "if m in sys.modules]\nprint(bad)\nassert not bad, bad\n"
+    )
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert r.returncode == 0, r.stdout + r.stderr
+
+
+def test_fp_onnx_matches_torch(models, images, tmp_path):
+    import onnx
+
+    from gor_det.export import OnnxBackend, TorchBackend, compare_backends, export_onnx
+
+    fp, _, _ = models
+    p = export_onnx(fp, IMGSZ, tmp_path / "fp.onnx")
+    g = onnx.load(str(p)).graph
+    assert [i.name for i in g.input] == ["images"] and [o.name for o in g.output] == ["output0"]
+    rep = compare_backends(TorchBackend(fp), OnnxBackend(p), images, cls_tol=1e-4, rel_l2_tol=1e-4, min_match=1.0)
+    print(rep.summary())
+    assert rep.ok, rep.summary()
+
+
+def test_qdq_onnx_folded_checked_and_matches_fake_quant(models, images, tmp_path):
+    import onnx
+
+    from gor_det.export import OnnxBackend, TorchBackend, check_qdq, compare_backends, export_onnx_qdq
+
+    fp, qat, dep = models
+    n_q = sum(1 for m in dep.modules() if hasattr(m, "weight_int"))
+    p = export_onnx_qdq(dep, IMGSZ, tmp_path / "qdq.onnx")
+    model = onnx.load(str(p))
+    g = model.graph
+    int8_w = [i for i in g.initializer if i.data_type == onnx.TensorProto.INT8 and len(i.dims) == 4]
+    assert len(int8_w) == n_q, "every quantized conv weight must be an INT8 initializer"
+    inits = {i.name for i in g.initializer}
+    assert not [n for n in g.node if n.op_type == "QuantizeLinear" and n.input[0] in inits], "unfolded weight Q"
+    for n in g.node:  # per-channel axis-0 weight DQ, int8 zero points
+        if n.op_type == "DequantizeLinear" and n.input[0] in {i.name for i in int8_w}:
+            assert next(a.i for a in n.attribute if a.name == "axis") == 0
+    fp_size = sum(p_.numel() for p_ in fp.parameters()) * 4
+    assert p.stat().st_size < 0.4 * fp_size  # ~3.2 MB vs 12 MB
+    rep = check_qdq(model)
+    print(rep.summary())
+    assert rep.ok and rep.stats["weighted_quantized"] == n_q
+    par = compare_backends(TorchBackend(dep), OnnxBackend(p), images, cls_tol=5e-3, rel_l2_tol=1e-3)
+    print("ORT Q/DQ vs torch deploy:", par.summary())
+    assert par.ok, par.summary()
+    assert compare_backends(TorchBackend(qat), TorchBackend(dep), images, cls_tol=1e-5, rel_l2_tol=1e-5).ok
+
+
+def test_qdq_export_rejects_float_model(models, tmp_path):
+    from gor_det.export import export_onnx_qdq
+
+    with pytest.raises(ValueError, match="QuantizeLinear"):
+        export_onnx_qdq(models[0], IMGSZ, tmp_path / "x.onnx")
+
+
+def test_onnx_backend_missing_and_corrupt(tmp_path):
+    from gor_det.export import ModelFileError, OnnxBackend
+
+    with pytest.raises(FileNotFoundError, match="model file not found"):
+        OnnxBackend(tmp_path / "nope.onnx")
+    bad = tmp_path / "bad.onnx"
+    bad.write_bytes(b"this is not a protobuf" * 10)
+    with pytest.raises(ModelFileError, match="is not a valid ONNX model"):
+        OnnxBackend(bad)
+
+
+def test_asymmetric_activations_are_not_tensorrt(tmp_path, images):
+    """a_symmetric=False exports uint8 Q/DQ: strict (TensorRT) export refuses it, strict=False runs in ORT."""
+    from ultralytics.nn.tasks import DetectionModel
+
+    from gor_det.config import QuantCfg
+    from gor_det.export import OnnxBackend, TorchBackend, compare_backends, export_onnx_qdq
+    from gor_det.quant import convert_for_export, prepare_qat
+
+    torch.manual_seed(0)
+    m = DetectionModel("yolov8n.yaml", nc=4, verbose=False).eval()
+    prepare_qat(m, QuantCfg(calib="minmax", a_symmetric=False), forward_loop=lambda mm: mm(torch.rand(2, 3, 64, 64)))
+    m.fuse()
+    m.model[-1].export = True
+    dep = convert_for_export(m)
+    with pytest.raises(ValueError, match="zero_point"):
+        export_onnx_qdq(dep, IMGSZ, tmp_path / "a.onnx")
+    p = export_onnx_qdq(dep, IMGSZ, tmp_path / "a.onnx", strict=False)
+    rep = compare_backends(TorchBackend(dep), OnnxBackend(p), images, cls_tol=5e-3, rel_l2_tol=1e-3)
+    assert rep.ok, rep.summary()
