@@ -23,6 +23,7 @@ def qdq_graph(
     output_qdq=False,
     opset=17,
     with_zp=True,
+    residual=False,
 ):
     """images -> Q -> DQ -> Conv(DQ(int8 W)) [-> Q -> DQ] -> Sigmoid -> output0."""
     rng = np.random.default_rng(0)
@@ -55,7 +56,15 @@ def qdq_graph(
             helper.make_node("DequantizeLinear", ["yq", "act_s", "act_zp"], ["ydq"], name="dq_out"),
         ]
         y = "ydq"
-    nodes.append(helper.make_node("Sigmoid", [y], ["output0"], name="sig"))
+    if residual:  # SiLU then a residual Add with an unquantized input
+        nodes += [
+            helper.make_node("Sigmoid", [y], ["ys"], name="sig"),
+            helper.make_node("Mul", [y, "ys"], ["silu"], name="mul"),
+            helper.make_node("Relu", ["y"], ["res"], name="relu"),
+            helper.make_node("Add", ["silu", "res"], ["output0"], name="add"),
+        ]
+    else:
+        nodes.append(helper.make_node("Sigmoid", [y], ["output0"], name="sig"))
     g = helper.make_graph(
         nodes,
         "g",
@@ -112,6 +121,13 @@ def test_checker_cli_and_path(tmp_path, capsys):
     assert "FAILED" in out and "weight_range" in out
     with pytest.raises(FileNotFoundError, match="model file not found"):
         check_qdq(tmp_path / "missing.onnx")
+
+
+def test_unquantized_residual_add_is_a_warning():
+    m = qdq_graph(residual=True)
+    onnx.checker.check_model(m)
+    rep = check_qdq(m)
+    assert rep.ok and [w.node for w in rep.warnings if w.rule == "residual_add"] == ["add"], rep.summary()
 
 
 def test_per_tensor_weight_scale_is_a_warning():

@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import numpy as np
 import torch
 import yaml
 from torch import nn
@@ -32,41 +31,21 @@ def load_model(path: str | Path) -> nn.Module:
     return model.float().eval()
 
 
-class TorchBackend:
-    """``images (B,3,H,W) float32 0..1`` -> ``(B, 4+nc, A)`` decoded output of a PyTorch detection model."""
-
-    def __init__(self, model: nn.Module, device: str = "cpu"):
-        self.model = model.to(device).eval()
-        self.device = device
-
-    @torch.no_grad()
-    def __call__(self, images: np.ndarray) -> np.ndarray:
-        y = self.model(torch.from_numpy(np.ascontiguousarray(images)).to(self.device))
-        y = y[0] if isinstance(y, (tuple, list)) else y
-        return y.float().cpu().numpy()
-
-
 def backend_for(path: str | Path, imgsz: int, device: str = "cpu"):
     """Pick the runtime from the artefact: ``.pt`` (PyTorch), ``.onnx`` (ONNX Runtime), an NCNN folder or ``.param``
     (ncnn; INT8 when the param marks int8 convs), ``.engine`` (TensorRT). Returns ``(backend, names or None)``."""
     p = Path(path)
     if not p.exists():
         raise ConfigError(f"model file not found: {p}")
+    from gor_det.export.runtimes import TorchBackend, load_backend
+
     if p.suffix == ".pt":
         model = load_model(p)
-        return TorchBackend(model, device), getattr(model, "names", None)
-    from gor_det.export import runtimes
-
+        return TorchBackend(model.to(device), device), getattr(model, "names", None)
     try:
-        if p.suffix == ".onnx":
-            return runtimes.OnnxBackend(p), None
-        if p.is_dir() or p.suffix == ".param":
-            return runtimes.NcnnBackend.from_path(p, imgsz=imgsz), None
-        if p.suffix in (".engine", ".plan"):
-            return runtimes.TensorRTBackend(p), None
+        return load_backend(p), None
     except (FileNotFoundError, ValueError, RuntimeError) as e:
         raise ConfigError(str(e)) from None
-    raise ConfigError(f"unknown model format: {p} (expected .pt, .onnx, an NCNN folder/.param, or .engine)")
 
 
 def coco_json_of(data_yaml: str | Path) -> Path | None:

@@ -25,6 +25,9 @@ Rules and their sources (NVIDIA TensorRT documentation):
   ``Conv -> Q -> DQ`` whose DQ feeds a non-weighted op breaks the Conv+activation fusion (a known cause of a QAT
   engine slower than PTQ). ``Conv -> Q -> DQ -> Conv`` is accepted.
 * ``qdq_pair``: every activation DequantizeLinear is fed by a QuantizeLinear with the same scale and zero point.
+* ``residual_add`` (warning only): an ``Add`` after a quantized conv (through its activation) whose other input has
+  no Q/DQ runs as a separate float kernel; quantizing that residual input lets TensorRT fuse it ("Q/DQ
+  Layer-Placement Recommendations": quantize the residual input of element-wise addition).
 
 URLs: https://docs.nvidia.com/deeplearning/tensorrt/latest/inference-library/quantized-types-explicit-quantization.html ,
 https://docs.nvidia.com/deeplearning/tensorrt/operators/docs/Quantize.html ,
@@ -125,8 +128,12 @@ def check_qdq(model, quantized_ops=WEIGHTED_OPS, require_all: bool = False, skip
         model = onnx.load(str(existing_file(model)))
     g = model.graph
     rep = QdqReport()
-    vio = lambda rule, n, msg: rep.violations.append(Violation(rule, n if isinstance(n, str) else _name(n), msg))  # noqa: E731
-    warn = lambda rule, n, msg: rep.warnings.append(Violation(rule, n if isinstance(n, str) else _name(n), msg))  # noqa: E731
+
+    def vio(rule, n, msg):
+        rep.violations.append(Violation(rule, n if isinstance(n, str) else _name(n), msg))
+
+    def warn(rule, n, msg):
+        rep.warnings.append(Violation(rule, n if isinstance(n, str) else _name(n), msg))
 
     opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
     vals = constants(g)
@@ -254,6 +261,29 @@ def check_qdq(model, quantized_ops=WEIGHTED_OPS, require_all: bool = False, skip
                             f"Q/DQ on the output of {n.op_type} {_name(n)} feeds {bad[0].op_type}: blocks fusion",
                         )
     rep.stats.update(weighted=n_w, weighted_quantized=n_wq)
+
+    # residual Add after a quantized conv (through its activation) whose other input has no Q/DQ: TensorRT then runs
+    # the Add separately instead of fusing it into the conv (performance only, hence a warning)
+    def from_qconv(t, depth=4):
+        n = src(t)
+        while n is not None and depth > 0:
+            if n.op_type in quantized_ops:
+                w = n.input[1] if len(n.input) > 1 else ""
+                return src(w) is not None and src(w).op_type == "DequantizeLinear"
+            if n.op_type not in ("Mul", "Sigmoid", "Relu", "LeakyRelu", "Clip", "HardSwish", "HardSigmoid"):
+                return False
+            n = next((src(i) for i in n.input if i not in vals and src(i) is not None), None)
+            depth -= 1
+        return False
+
+    for n in g.node:
+        if n.op_type != "Add" or len(n.input) != 2 or any(i in vals for i in n.input):
+            continue
+        srcs = [src(i) for i in n.input]
+        if any(p is not None and p.op_type == "DequantizeLinear" for p in srcs):
+            continue
+        if any(from_qconv(i) for i in n.input):
+            warn("residual_add", n, "residual input not quantized: TensorRT cannot fuse this Add into the INT8 conv")
     return rep
 
 

@@ -30,6 +30,18 @@ def _torch_export(model, im, path: Path, opset: int, dynamic: bool) -> None:
         dyn = {"images": {0: "batch", 2: "height", 3: "width"}, "output0": {0: "batch", 2: "anchors"}}
     path.parent.mkdir(parents=True, exist_ok=True)
     model.eval()
+    heads = [m for m in model.modules() if hasattr(m, "export") and hasattr(m, "dynamic")]  # Detect-like heads
+    saved = [m.dynamic for m in heads]
+    for m in heads:  # dynamic shapes: the head must rebuild anchors from the input shape inside the graph
+        m.dynamic = dynamic or m.dynamic
+    try:
+        _trace_export(model, im, path, opset, dyn)
+    finally:
+        for m, d in zip(heads, saved):
+            m.dynamic = d
+
+
+def _trace_export(model, im, path: Path, opset: int, dyn) -> None:
     with warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore")  # legacy-exporter DeprecationWarning, TracerWarnings of the Detect head
         model(im)  # dry run (as Ultralytics' exporter): Detect caches anchors/strides for this shape
