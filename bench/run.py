@@ -68,15 +68,16 @@ def fmt(v, key):
 
 def train_row(run: dict, common: dict, extra: list[str], key: dict, out_dir: Path) -> dict:
     from gor_det.config import load_run_cfg
-    from gor_det.engine.run import check_inputs
+    from gor_det.engine.run import absolute_project, check_inputs
     from gor_det.engine.trainer import make_trainer_class
     from ultralytics.utils import DEFAULT_CFG_DICT
 
     ov = {k: fmt(v, key) for k, v in {**common, **(run.get("overrides") or {})}.items()}
-    ov.update(project=str(out_dir.parent), name=out_dir.name, exist_ok=True, seed=key["seed"])
+    ov.update(project=str(out_dir.parent.resolve()), name=out_dir.name, exist_ok=True, seed=key["seed"])
     cfg = load_run_cfg(run["cfg"], [*(f"{k}={json.dumps(v) if not isinstance(v, str) else v}" for k, v in ov.items()),
                                     *extra], DEFAULT_CFG_DICT.keys())
     check_inputs(cfg)
+    absolute_project(cfg)
     if run.get("kind") == "ultralytics":
         from ultralytics.models.yolo.detect import DetectionTrainer as cls
     else:

@@ -25,7 +25,16 @@ def resolve_run_cfg(cfg_path: str | None, overrides: list[str] | None = None) ->
         if saved.is_file():
             run.gor = parse_gor(yaml.safe_load(saved.read_text()))
     check_inputs(run)
+    absolute_project(run)
     return run
+
+
+def absolute_project(run: RunCfg) -> None:
+    """Make a relative ``project`` relative to the current directory, as a user reading ``project: runs/demo`` expects
+    (Ultralytics would put it under its settings' runs_dir/<task>/, e.g. runs/detect/runs/demo)."""
+    project = run.ultralytics.get("project")
+    if project and not Path(str(project)).is_absolute():
+        run.ultralytics["project"] = str(Path(str(project)).resolve())
 
 
 def check_inputs(run: RunCfg) -> None:
