@@ -27,7 +27,8 @@ def load_model(path: str | Path) -> nn.Module:
     try:
         model, _ = load_checkpoint(str(p))
     except Exception as e:
-        raise ConfigError(f"{p} is not a loadable Ultralytics/gor_det checkpoint: {type(e).__name__}: {e}") from None
+        first = (str(e).strip().splitlines() or [""])[0]
+        raise ConfigError(f"{p} is not a loadable Ultralytics/gor_det checkpoint: {type(e).__name__}: {first}") from None
     return model.float().eval()
 
 

@@ -46,7 +46,8 @@ def load_detection_model(cfg: TeacherCfg, nc: int | None = None) -> nn.Module:
         try:
             model, _ = load_checkpoint(str(path))
         except Exception as e:  # a corrupt file must not end in a deep stack trace
-            raise ConfigError(f"teacher checkpoint {cfg.model} could not be loaded: {type(e).__name__}: {e}") from None
+            first = (str(e).strip().splitlines() or [""])[0]
+            raise ConfigError(f"teacher checkpoint {cfg.model} could not be loaded: {type(e).__name__}: {first}") from None
     head = model.model[-1]
     if not hasattr(head, "reg_max") or not hasattr(head, "stride"):
         raise ConfigError(f"teacher {cfg.model} has no Detect head (got {type(head).__name__}); use a detection model")
