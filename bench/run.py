@@ -27,8 +27,6 @@ import time
 from datetime import date
 from pathlib import Path
 
-import yaml
-
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import gor_det  # noqa: E402,F401
@@ -67,10 +65,11 @@ def fmt(v, key):
 
 
 def train_row(run: dict, common: dict, extra: list[str], key: dict, out_dir: Path) -> dict:
+    from ultralytics.utils import DEFAULT_CFG_DICT
+
     from gor_det.config import load_run_cfg
     from gor_det.engine.run import absolute_project, check_inputs
     from gor_det.engine.trainer import make_trainer_class
-    from ultralytics.utils import DEFAULT_CFG_DICT
 
     ov = {k: fmt(v, key) for k, v in {**common, **(run.get("overrides") or {})}.items()}
     ov.update(project=str(out_dir.parent.resolve()), name=out_dir.name, exist_ok=True, seed=key["seed"])
@@ -150,7 +149,9 @@ def table(rows: list[dict], names: list[str]) -> str:
         rs = [r for r in rows if r["name"] == n]
         if not rs:
             continue
-        col = lambda k: mean_std([r.get(k, float("nan")) for r in rs])  # noqa: E731
+        def col(k, rs=rs):
+            return mean_std([r.get(k, float("nan")) for r in rs])
+
         lines.append(f"| {n} | {len(rs)} | {col('mAP50-95')} | {col('mAP50')} | {col('ul_mAP50-95')} | "
                      f"{col('wall_s')} | {col('s_per_it')} |")
     return head + "\n".join(lines) + "\n"

@@ -4,8 +4,9 @@ import os
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
-import gor_det  # noqa: E402,F401  (offline env before ultralytics is imported anywhere)
 import pytest  # noqa: E402
+
+import gor_det  # noqa: E402,F401  (offline env before ultralytics is imported anywhere)
 
 
 @pytest.fixture(scope="session")
@@ -23,3 +24,37 @@ def tiny_overrides(data, project, name, **kw):
              close_mosaic=0, warmup_epochs=0, amp=False, verbose=False)
     o.update(kw)
     return o
+
+
+def make_export_models(nc: int = 4, imgsz: int = 64, seed: int = 0, fmt: str = "onnx"):
+    """(fp fused export-mode model, QAT model, convert_for_export model) of a yolov8n with non-trivial weights."""
+    import copy
+
+    import torch
+    from torch import nn
+    from ultralytics.nn.tasks import DetectionModel
+
+    from gor_det.config import QuantCfg
+    from gor_det.quant import convert_for_export, prepare_qat
+
+    torch.manual_seed(seed)
+    m = DetectionModel("yolov8n.yaml", nc=nc, verbose=False)
+    for mod in m.modules():  # default init decays to ~constant outputs; make activations O(1)
+        if isinstance(mod, nn.Conv2d):
+            nn.init.kaiming_normal_(mod.weight, nonlinearity="relu")
+            if mod.bias is not None:
+                nn.init.uniform_(mod.bias, -0.5, 0.5)
+        elif isinstance(mod, nn.BatchNorm2d):
+            nn.init.uniform_(mod.weight, 0.5, 1.0)
+            nn.init.uniform_(mod.bias, -0.3, 0.3)
+    m.model[-1].dfl.conv.weight.data[:] = torch.arange(16.0).view(1, 16, 1, 1)
+    m.eval()
+    fp = copy.deepcopy(m).fuse()
+    calib = torch.rand(4, 3, imgsz, imgsz)
+    prepare_qat(m, QuantCfg(calib="minmax"), forward_loop=lambda mm: mm(calib))
+    m.fuse()
+    for mm in (fp, m):
+        for mod in mm.modules():
+            if type(mod).__name__ == "Detect":
+                mod.export, mod.format = True, fmt
+    return fp, m, convert_for_export(m)

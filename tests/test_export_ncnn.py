@@ -4,12 +4,10 @@ Same tiny model as test_export_onnx (random-init yolov8n, nc=4, 64 px, gor_det.q
 
 from __future__ import annotations
 
-import copy
-
 import numpy as np
 import pytest
 import torch
-from torch import nn
+from conftest import make_export_models
 
 import gor_det  # noqa: F401  (offline environment before any ultralytics import)
 
@@ -19,41 +17,11 @@ pytest.importorskip("pnnx")
 IMGSZ = 64
 
 
-def make_models(nc: int = 4, imgsz: int = IMGSZ, seed: int = 0):
-    """(fp fused export-mode model, QAT model, convert_for_export model) of a yolov8n with non-trivial weights."""
-    from ultralytics.nn.tasks import DetectionModel
-
-    from gor_det.config import QuantCfg
-    from gor_det.quant import convert_for_export, prepare_qat
-
-    torch.manual_seed(seed)
-    m = DetectionModel("yolov8n.yaml", nc=nc, verbose=False)
-    for mod in m.modules():
-        if isinstance(mod, nn.Conv2d):
-            nn.init.kaiming_normal_(mod.weight, nonlinearity="relu")
-            if mod.bias is not None:
-                nn.init.uniform_(mod.bias, -0.5, 0.5)
-        elif isinstance(mod, nn.BatchNorm2d):
-            nn.init.uniform_(mod.weight, 0.5, 1.0)
-            nn.init.uniform_(mod.bias, -0.3, 0.3)
-    m.model[-1].dfl.conv.weight.data[:] = torch.arange(16.0).view(1, 16, 1, 1)
-    m.eval()
-    fp = copy.deepcopy(m).fuse()
-    calib = torch.rand(4, 3, imgsz, imgsz)
-    prepare_qat(m, QuantCfg(calib="minmax"), forward_loop=lambda mm: mm(calib))
-    m.fuse()
-    for mm in (fp, m):
-        for mod in mm.modules():
-            if type(mod).__name__ == "Detect":
-                mod.export, mod.format = True, "ncnn"
-    return fp, m, convert_for_export(m)
-
-
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory):
     from gor_det.export import export_ncnn, export_ncnn_int8
 
-    fp, qat, dep = make_models()
+    fp, qat, dep = make_export_models(fmt="ncnn")
     root = tmp_path_factory.mktemp("ncnn")
     return dict(
         fp=fp,

@@ -3,13 +3,12 @@ runtime errors, lazy imports. Tiny random-init yolov8n (nc=4) at 64 px, QAT via 
 
 from __future__ import annotations
 
-import copy
 import subprocess
 import sys
 
 import pytest
 import torch
-from torch import nn
+from conftest import make_export_models
 
 import gor_det  # noqa: F401  (offline environment before any ultralytics import)
 
@@ -19,39 +18,9 @@ pytest.importorskip("onnxruntime")
 IMGSZ = 64
 
 
-def make_models(nc: int = 4, imgsz: int = IMGSZ, seed: int = 0):
-    """(fp fused export-mode model, QAT model, convert_for_export model) of a yolov8n with non-trivial weights."""
-    from ultralytics.nn.tasks import DetectionModel
-
-    from gor_det.config import QuantCfg
-    from gor_det.quant import convert_for_export, prepare_qat
-
-    torch.manual_seed(seed)
-    m = DetectionModel("yolov8n.yaml", nc=nc, verbose=False)
-    for mod in m.modules():  # default init decays to ~constant outputs; make activations O(1)
-        if isinstance(mod, nn.Conv2d):
-            nn.init.kaiming_normal_(mod.weight, nonlinearity="relu")
-            if mod.bias is not None:
-                nn.init.uniform_(mod.bias, -0.5, 0.5)
-        elif isinstance(mod, nn.BatchNorm2d):
-            nn.init.uniform_(mod.weight, 0.5, 1.0)
-            nn.init.uniform_(mod.bias, -0.3, 0.3)
-    m.model[-1].dfl.conv.weight.data[:] = torch.arange(16.0).view(1, 16, 1, 1)
-    m.eval()
-    fp = copy.deepcopy(m).fuse()
-    calib = torch.rand(4, 3, imgsz, imgsz)
-    prepare_qat(m, QuantCfg(calib="minmax"), forward_loop=lambda mm: mm(calib))
-    m.fuse()
-    for mm in (fp, m):
-        for mod in mm.modules():
-            if type(mod).__name__ == "Detect":
-                mod.export, mod.format = True, "onnx"
-    return fp, m, convert_for_export(m)
-
-
 @pytest.fixture(scope="module")
 def models():
-    return make_models()
+    return make_export_models()
 
 
 @pytest.fixture(scope="module")

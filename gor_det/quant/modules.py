@@ -27,7 +27,6 @@ from torch import nn
 
 from gor_det.quant.numerics import SCALE_MIN, FakeQuantizer, Float32Module
 
-
 _GEOMETRY = frozenset({"in_channels", "out_channels", "kernel_size", "stride", "padding", "dilation", "groups",
                        "in_features", "out_features"})
 
