@@ -32,6 +32,7 @@ def load_detection_model(cfg: TeacherCfg, nc: int | None = None) -> nn.Module:
         if not path.is_file() and not _is_builtin_yaml(cfg.model):
             raise ConfigError(f"teacher model YAML not found: {cfg.model}")
         model = DetectionModel(cfg.model, nc=nc, verbose=False)
+        model.names = None  # placeholder names of a YAML build: the classes are the student's (checked by count)
         if cfg.weights:
             if not Path(cfg.weights).is_file():
                 raise ConfigError(f"teacher weights not found: {cfg.weights} (gor.teachers[].weights)")
@@ -99,8 +100,12 @@ class TeacherSet:
 
     def _map_classes(self, cfg: TeacherCfg, model: nn.Module) -> torch.Tensor | None:
         """Return the teacher class index for each student class (None when identical), or raise ConfigError."""
-        t_names = _names_list(getattr(model, "names", None) or range(model.model[-1].nc))
         s_names = self.student_names
+        if getattr(model, "names", None) is None:
+            if model.model[-1].nc != len(s_names):
+                raise ConfigError(f"teacher {cfg.model} has {model.model[-1].nc} classes, the student {len(s_names)}")
+            return None
+        t_names = _names_list(model.names)
         if cfg.names:
             idx = [None] * len(s_names)
             for t_i, s_i in cfg.names.items():
