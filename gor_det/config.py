@@ -70,7 +70,9 @@ class BalanceCfg:
     method: str = "gor"  # fixed | gor | gor_norm | none
     w_task: float = 1.0  # fixed weights (method=fixed) and the initial weights of gor/gor_norm (s = -log w)
     w_kd: float = 1.0
-    lr: float | None = None  # own learning rate for the two scalars (None: the trainer's lr0 group lr)
+    lr: float | None = 0.01  # own Adam/SGD lr of the two scalars (None: the trainer's lr). The scalars are log-weights:
+    # at 0.01 they can travel to their optimum log(L) within a few hundred steps, which a fine-tuning lr (1e-4..1e-3)
+    # would not allow; their scale is independent of the network's, so they get their own lr.
 
 
 @dataclass

@@ -151,12 +151,9 @@ def _train_imgsz(model: nn.Module, default: int = 640) -> int:
     return int(sz[0] if isinstance(sz, (list, tuple)) else sz)
 
 
-def formats_of(model_path: str | Path) -> list[str]:
-    """The run's ``gor.export.formats`` (recorded in the checkpoint), else the default list."""
-    from gor_det.config import parse_gor
+def export_cfg_of(model_path: str | Path):
+    """The run's ``gor.export`` section (recorded in the checkpoint as ``model.gor_cfg``), else the defaults."""
+    from gor_det.config import ExportCfg, parse_gor
 
-    m = load_model(model_path)
-    cfg = getattr(m, "gor_cfg", None)
-    if cfg:
-        return list(parse_gor(cfg).export.formats)
-    return ["onnx_qdq", "onnx", "ncnn"]
+    cfg = getattr(load_model(model_path), "gor_cfg", None)
+    return parse_gor(cfg).export if cfg else ExportCfg()
