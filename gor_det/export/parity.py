@@ -37,20 +37,13 @@ def default_images() -> list[Path]:
 
 
 def letterbox(img_bgr: np.ndarray, imgsz, pad_value: int = 114) -> np.ndarray:
-    """Ultralytics-style letterbox (keep ratio, centred grey padding) -> float32 (3, H, W) RGB in 0..1."""
-    import cv2
-
+    """The evaluation letterbox (:func:`gor_det.eval.predict.letterbox`, Ultralytics' val) -> float32 (3, H, W) RGB
+    in 0..1, so parity images are preprocessed exactly like the images mAP is measured on."""
+    from gor_det.eval.predict import letterbox as eval_letterbox
     from gor_det.export._deps import imgsz_hw
 
-    h, w = imgsz_hw(imgsz)
-    ih, iw = img_bgr.shape[:2]
-    r = min(h / ih, w / iw)
-    nh, nw = round(ih * r), round(iw * r)
-    im = cv2.resize(img_bgr, (nw, nh), interpolation=cv2.INTER_LINEAR) if (nh, nw) != (ih, iw) else img_bgr
-    top, left = (h - nh) // 2, (w - nw) // 2
-    out = np.full((h, w, 3), pad_value, np.uint8)
-    out[top : top + nh, left : left + nw] = im
-    return np.ascontiguousarray(out[..., ::-1].transpose(2, 0, 1), dtype=np.float32) / 255.0
+    im, _, _ = eval_letterbox(img_bgr, imgsz_hw(imgsz))
+    return np.ascontiguousarray(im[..., ::-1].transpose(2, 0, 1), dtype=np.float32) / 255.0
 
 
 def load_images(paths=None, imgsz=640) -> np.ndarray:
@@ -67,17 +60,13 @@ def load_images(paths=None, imgsz=640) -> np.ndarray:
 
 
 def nms(pred: np.ndarray, nc: int, conf: float = 0.25, iou: float = 0.7, max_det: int = 300):
-    """One image's ``(4 + nc [+extra], A)`` prediction -> ``(xyxy (n, 4), score (n,), cls (n,))`` (class-aware NMS)."""
-    import torch
-    import torchvision
+    """One image's ``(4 + nc, A)`` prediction -> ``(xyxy (n, 4), score (n,), cls (n,))``: the evaluation NMS
+    (:func:`gor_det.eval.predict.postprocess`) with one label per box, at a display-like confidence."""
+    from gor_det.eval.predict import postprocess
 
-    p = torch.from_numpy(np.ascontiguousarray(pred, dtype=np.float32))
-    scores, cls = p[4 : 4 + nc].max(0)
-    keep = scores > conf
-    xywh, scores, cls = p[:4, keep].T, scores[keep], cls[keep]
-    xyxy = torch.cat([xywh[:, :2] - xywh[:, 2:] / 2, xywh[:, :2] + xywh[:, 2:] / 2], 1)
-    i = torchvision.ops.batched_nms(xyxy, scores, cls, iou)[:max_det]
-    return xyxy[i].numpy(), scores[i].numpy(), cls[i].numpy()
+    p = np.ascontiguousarray(pred[None, : 4 + nc], dtype=np.float32)
+    d = postprocess(p, conf=conf, iou=iou, max_det=max_det, multi_label=False)[0].numpy()
+    return d[:, :4], d[:, 4], d[:, 5]
 
 
 def box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
