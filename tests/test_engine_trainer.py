@@ -80,3 +80,27 @@ def test_cli_bad_input_one_line(args, message):
     assert out.returncode == 2, out.stderr[-2000:]
     lines = [ln for ln in out.stderr.splitlines() if ln.strip()]
     assert len(lines) == 1 and lines[0].startswith(message), out.stderr[-2000:]
+
+
+def test_resume_without_cfg_restores_the_runs_gor_cfg(tmp_path):
+    import yaml
+
+    from gor_det.config import ConfigError
+    from gor_det.engine.run import resolve_run_cfg
+
+    gor = parse_gor({"balance": {"method": "fixed", "w_kd": 3.0}, "quant": {"w_bits": 4}})
+    (tmp_path / "weights").mkdir()
+    last = tmp_path / "weights" / "last.pt"
+    last.write_bytes(b"x")
+    (tmp_path / "gor_cfg.yaml").write_text(yaml.safe_dump(gor.to_dict()))
+    assert resolve_run_cfg(None, [f"resume={last}"]).gor == gor
+    with pytest.raises(ConfigError, match="resume checkpoint not found"):
+        resolve_run_cfg(None, [f"resume={tmp_path / 'nope.pt'}"])
+
+
+def test_relative_project_is_relative_to_cwd(tiny_data, tmp_path, monkeypatch):
+    from gor_det.engine.run import resolve_run_cfg
+
+    monkeypatch.chdir(tmp_path)
+    run = resolve_run_cfg(None, [f"data={tiny_data}", "model=yolov8n.yaml", "project=runs/x"])
+    assert run.ultralytics["project"] == str(tmp_path / "runs" / "x")

@@ -230,6 +230,8 @@ def test_cli(tmp_path):
     assert r.returncode == 2 and "unknown preset" in r.stderr and len(r.stderr.strip().splitlines()) == 1
     assert "Traceback" not in r.stderr
     (tmp_path / "f").write_text("")
-    for out in (tmp_path / "missing" / "d", tmp_path / "f" / "d", tmp_path / "f"):
+    r = _cli("--out", str(tmp_path / "new" / "nested" / "d"))  # parents are created (a fresh clone has no datasets/)
+    assert r.returncode == 0 and (tmp_path / "new" / "nested" / "d" / "data.yaml").exists(), r.stderr
+    for out in (tmp_path / "f" / "d", tmp_path / "f"):
         r = _cli("--out", str(out))
         assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1 and "Traceback" not in r.stderr, r.stderr

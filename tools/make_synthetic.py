@@ -3,7 +3,7 @@
 
     python tools/make_synthetic.py --out datasets/synth_bench --preset bench --seed 0 [--force]
 
-The out dir is created if its parent exists. Errors (unknown preset, missing parent, unwritable dir, a foreign dataset
+The out dir (and its parents) is created. Errors (unknown preset, unwritable dir, a foreign dataset
 in the way without --force) print one line on stderr and exit with code 2.
 """
 
@@ -24,7 +24,7 @@ def main(argv: list[str] | None = None) -> int:
     from gor_det.data.synthetic import PRESETS, make_synthetic
 
     p = _Parser(description="Generate the gor_det synthetic detection benchmark.")
-    p.add_argument("--out", required=True, help="dataset root (created if its parent exists)")
+    p.add_argument("--out", required=True, help="dataset root (created with its parents)")
     p.add_argument("--preset", default="tiny", help=f"one of: {', '.join(PRESETS)} (default tiny)")
     p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     p.add_argument("--force", action="store_true", help="regenerate even if a matching dataset exists")
@@ -33,11 +33,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.preset not in PRESETS:
         p.error(f"unknown preset {args.preset!r} (choose from {', '.join(PRESETS)})")
     out = Path(args.out).expanduser()
-    if not out.exists() and not out.parent.exists():
-        p.error(f"parent directory of --out does not exist: {out.parent}")
     if out.exists() and not out.is_dir():
         p.error(f"--out is not a directory: {out}")
     try:
+        out.mkdir(parents=True, exist_ok=True)
         data_yaml = make_synthetic(out, args.preset, args.seed, force=args.force)
     except (OSError, ValueError, TypeError) as e:
         p.error(f"cannot generate into {out}: {e}")
