@@ -163,6 +163,8 @@ def main():
     ap.add_argument("--seeds", type=int, nargs="*")
     ap.add_argument("--only", nargs="*", help="run names to (re)run; others are read from their result.json if present")
     ap.add_argument("--out", help="output dir (default bench/out/<suite name>)")
+    ap.add_argument("--table-only", action="store_true",
+                    help="run nothing: tabulate the finished rows (those in --only, else all) in suite order")
     ap.add_argument("overrides", nargs="*", help="key=value applied to every training run")
     a = ap.parse_args()
     from gor_det.config import ConfigError, load_yaml
@@ -183,21 +185,22 @@ def main():
         for seed in run_seeds:
             key = {"out": str(out_root), "seed": seed}
             out_dir = out_root / run["name"] / f"seed{seed}"
-            if a.only and run["name"] not in a.only:
+            if a.table_only or (a.only and run["name"] not in a.only):
                 if (out_dir / "result.json").exists():
                     rows.append(json.loads((out_dir / "result.json").read_text()))
                 continue
             print(f"\n=== bench: {run['name']} seed {seed} ===", flush=True)
             rows.append(run_one(run, suite, a.overrides, key, out_root, data))
-    names = [r["name"] for r in suite["runs"]]
+    names = [r["name"] for r in suite["runs"] if not (a.table_only and a.only) or r["name"] in a.only]
     md = table(rows, names)
     cmd = "python bench/run.py " + " ".join(sys.argv[1:])
     meta = (f"\nCommand: `{cmd}`  \nMachine: {platform.machine()} {platform.processor() or ''}, "
             f"{__import__('os').cpu_count()} CPU cores, torch {__import__('torch').__version__}, "
             f"ultralytics {__import__('ultralytics').__version__}  \nDate: {date.today()}\n")
-    out_root.mkdir(parents=True, exist_ok=True)
-    (out_root / "results.md").write_text(md + meta)
-    (out_root / "results.json").write_text(json.dumps(rows, indent=2))
+    if not a.table_only:
+        out_root.mkdir(parents=True, exist_ok=True)
+        (out_root / "results.md").write_text(md + meta)
+        (out_root / "results.json").write_text(json.dumps(rows, indent=2))
     print("\n" + md + meta)
 
 
