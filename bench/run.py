@@ -99,11 +99,13 @@ def train_row(run: dict, common: dict, extra: list[str], key: dict, out_dir: Pat
 
 def ptq_row(run: dict, common: dict, key: dict, out_dir: Path, data: Path) -> dict:
     from gor_det.config import parse_gor
+    from gor_det.engine.evaluate import imgsz_of
     from gor_det.engine.ptq import ptq
 
     q = parse_gor({"quant": run.get("quant") or {}}).quant
-    imgsz = int(common.get("imgsz", 640))
-    path = ptq(fmt(run["weights"], key), data, q, imgsz, out_dir / "weights" / "best.pt")
+    weights = fmt(run["weights"], key)
+    imgsz = int(common.get("imgsz") or imgsz_of(weights))  # the source model's training size, not a default 640
+    path = ptq(weights, data, q, imgsz, out_dir / "weights" / "best.pt")
     return {"weights": str(path), "s_per_it": float("nan"), "imgsz": imgsz, "epochs": 0}
 
 
