@@ -69,7 +69,6 @@ def export_student(
     """Export ``model_path`` to every requested format under ``out_dir``; returns (and writes ``export.json``) a report
     ``{format: {"path", "parity": {...}, "ok", ...}}``. Raises ExportCheckError if any check failed."""
     from gor_det.export import (
-        OnnxBackend,
         TorchBackend,
         check_qdq,
         compare_backends,
@@ -125,7 +124,6 @@ def export_student(
         report["exports"]["engine"] = _tensorrt(out, stem, qat)
     (out / "export.json").write_text(json.dumps(report, indent=2))
     failed = [k for k, v in report["exports"].items() if v.get("ok") is False]
-    _ = OnnxBackend  # imported for its clear error when onnxruntime is missing
     if failed:
         raise ExportCheckError(f"export check failed for {', '.join(failed)}: see {out / 'export.json'}")
     return report
