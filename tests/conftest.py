@@ -58,3 +58,19 @@ def make_export_models(nc: int = 4, imgsz: int = 64, seed: int = 0, fmt: str = "
             if type(mod).__name__ == "Detect":
                 mod.export, mod.format = True, fmt
     return fp, m, convert_for_export(m)
+
+
+def asymmetric_deploy_model():
+    """A yolov8n (nc=4) QAT'd with asymmetric activations, in deploy form (not valid for TensorRT / NCNN INT8)."""
+    import torch
+    from ultralytics.nn.tasks import DetectionModel
+
+    from gor_det.config import QuantCfg
+    from gor_det.quant import convert_for_export, prepare_qat
+
+    torch.manual_seed(0)
+    m = DetectionModel("yolov8n.yaml", nc=4, verbose=False).eval()
+    prepare_qat(m, QuantCfg(calib="minmax", a_symmetric=False), forward_loop=lambda mm: mm(torch.rand(2, 3, 64, 64)))
+    m.fuse()
+    m.model[-1].export = True
+    return convert_for_export(m)

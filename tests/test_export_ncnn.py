@@ -7,7 +7,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from conftest import make_export_models
+from conftest import asymmetric_deploy_model, make_export_models
 
 import gor_det  # noqa: F401  (offline environment before any ultralytics import)
 
@@ -144,18 +144,10 @@ def test_ncnn_backend_missing_and_corrupt(exported, tmp_path):
 
 def test_ncnn_int8_keeps_asymmetric_layers_float(tmp_path):
     """NCNN INT8 is signed symmetric: asymmetric activation quantizers stay float (with a warning), never wrong."""
-    from ultralytics.nn.tasks import DetectionModel
 
-    from gor_det.config import QuantCfg
     from gor_det.export import NcnnBackend, export_ncnn_int8
-    from gor_det.quant import convert_for_export, prepare_qat
 
-    torch.manual_seed(0)
-    m = DetectionModel("yolov8n.yaml", nc=4, verbose=False).eval()
-    prepare_qat(m, QuantCfg(calib="minmax", a_symmetric=False), forward_loop=lambda mm: mm(torch.rand(2, 3, 64, 64)))
-    m.fuse()
-    m.model[-1].export = True
-    dep = convert_for_export(m)
+    dep = asymmetric_deploy_model()
     with pytest.warns(UserWarning, match="stay float"):
         res = export_ncnn_int8(dep, IMGSZ, tmp_path / "asym_ncnn_model")
     assert res.quantized == [] and len(res.float_layers) == 64

@@ -7,8 +7,7 @@ import subprocess
 import sys
 
 import pytest
-import torch
-from conftest import make_export_models
+from conftest import asymmetric_deploy_model, make_export_models
 
 import gor_det  # noqa: F401  (offline environment before any ultralytics import)
 
@@ -102,18 +101,10 @@ def test_onnx_backend_missing_and_corrupt(tmp_path):
 
 def test_asymmetric_activations_are_not_tensorrt(tmp_path, images):
     """a_symmetric=False exports uint8 Q/DQ: strict (TensorRT) export refuses it, strict=False runs in ORT."""
-    from ultralytics.nn.tasks import DetectionModel
 
-    from gor_det.config import QuantCfg
     from gor_det.export import OnnxBackend, TorchBackend, compare_backends, export_onnx_qdq
-    from gor_det.quant import convert_for_export, prepare_qat
 
-    torch.manual_seed(0)
-    m = DetectionModel("yolov8n.yaml", nc=4, verbose=False).eval()
-    prepare_qat(m, QuantCfg(calib="minmax", a_symmetric=False), forward_loop=lambda mm: mm(torch.rand(2, 3, 64, 64)))
-    m.fuse()
-    m.model[-1].export = True
-    dep = convert_for_export(m)
+    dep = asymmetric_deploy_model()
     with pytest.raises(ValueError, match="zero_point"):
         export_onnx_qdq(dep, IMGSZ, tmp_path / "a.onnx")
     p = export_onnx_qdq(dep, IMGSZ, tmp_path / "a.onnx", strict=False)
