@@ -25,13 +25,11 @@ def main():
     ap.add_argument("--images", nargs="*", help="parity images (default: Ultralytics' bus.jpg and zidane.jpg)")
     ap.add_argument("--data", help="also evaluate every export on this dataset's val split (COCO mAP)")
     a = ap.parse_args()
-    from gor_det.engine.exporting import ExportCheckError, export_cfg_of, export_student
+    from gor_det.engine.exporting import ExportCheckError, export_student
 
     out = Path(a.out) if a.out else Path(a.model).resolve().parent.parent / "export"
     try:
-        ecfg = export_cfg_of(a.model)
-        report = export_student(a.model, out, formats=a.formats or ecfg.formats, imgsz=a.imgsz or ecfg.imgsz,
-                                parity_images=a.images or ecfg.parity_images)
+        report = export_student(a.model, out, formats=a.formats, imgsz=a.imgsz, parity_images=a.images)
     except ExportCheckError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1

@@ -97,18 +97,21 @@ def write_json(obj, path: str | Path) -> None:
     Path(path).write_text(json.dumps(obj, indent=2))
 
 
+def train_imgsz(model, default: int = 640) -> int:
+    """The imgsz a loaded model was trained at (``model.args``, set from the checkpoint's ``train_args``)."""
+    args = getattr(model, "args", None) or {}
+    sz = args.get("imgsz", default) if isinstance(args, dict) else getattr(args, "imgsz", default)
+    return int(sz[0] if isinstance(sz, (list, tuple)) else sz)
+
+
 def imgsz_of(model_path: str | Path, default: int = 640) -> int:
-    """The imgsz an artefact was trained/exported at: a .pt's train_args, else a ``*.json`` export sidecar."""
+    """The imgsz an artefact was trained/exported at: a .pt's train_args, else the export folder's ``export.json``."""
     p = Path(model_path)
     if p.suffix == ".pt" and p.is_file():
-        from ultralytics.nn.tasks import load_checkpoint
-
         try:
-            _, ckpt = load_checkpoint(str(p))
-        except Exception:
+            return train_imgsz(load_model(p), default)
+        except ConfigError:
             return default
-        sz = (ckpt.get("train_args") or {}).get("imgsz", default)
-        return int(sz[0] if isinstance(sz, (list, tuple)) else sz)
     side = p.parent / "export.json"
     if side.is_file():
         return int(json.loads(side.read_text()).get("imgsz", default))

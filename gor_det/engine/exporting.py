@@ -22,9 +22,9 @@ from pathlib import Path
 
 from torch import nn
 
-from gor_det.config import ConfigError
+from gor_det.config import ConfigError, ExportCfg, parse_gor
 from gor_det.engine.checkpoint import deployable
-from gor_det.engine.evaluate import load_model
+from gor_det.engine.evaluate import load_model, train_imgsz
 from gor_det.quant import convert_for_export, is_qat, strip_qat
 
 FORMATS = ("onnx_qdq", "onnx", "ncnn", "engine")
@@ -61,13 +61,16 @@ def float_model(student: nn.Module) -> nn.Module:
 def export_student(
     model_path: str | Path,
     out_dir: str | Path,
-    formats=FORMATS,
+    formats=None,
     imgsz: int | None = None,
     parity_images=None,
     opset: int = 17,
 ) -> dict:
     """Export ``model_path`` to every requested format under ``out_dir``; returns (and writes ``export.json``) a report
-    ``{format: {"path", "parity": {...}, "ok", ...}}``. Raises ExportCheckError if any check failed."""
+    ``{format: {"path", "parity": {...}, "ok", ...}}``. Raises ExportCheckError if any check failed.
+
+    ``formats``, ``imgsz``, ``parity_images`` default to the run's ``gor.export`` section (recorded in the
+    checkpoint), then to all formats / the training imgsz / Ultralytics' bundled images."""
     from gor_det.export import (
         TorchBackend,
         check_qdq,
@@ -80,11 +83,15 @@ def export_student(
         trtexec_command,
     )
 
+    ckpt_model = load_model(model_path)
+    run_cfg = getattr(ckpt_model, "gor_cfg", None)
+    ecfg = parse_gor(run_cfg).export if run_cfg else ExportCfg()
+    formats = list(formats or ecfg.formats)
     unknown = [f for f in formats if f not in FORMATS]
     if unknown:
         raise ConfigError(f"unknown export format(s) {unknown}; choose from {', '.join(FORMATS)}")
-    ckpt_model = load_model(model_path)
-    imgsz = int(imgsz or _train_imgsz(ckpt_model))
+    imgsz = int(imgsz or ecfg.imgsz or train_imgsz(ckpt_model))
+    parity_images = parity_images or ecfg.parity_images
     student = deployable(ckpt_model)
     qat = is_qat(student)
     out = Path(out_dir)
@@ -141,17 +148,3 @@ def _tensorrt(out: Path, stem: str, qat: bool) -> dict:
     except TensorRTUnavailable as e:
         print(f"[engine] skipped: {e}\n  build it on the Jetson with:\n  {cmd}")
         return {"skipped": str(e), "trtexec": cmd}
-
-
-def _train_imgsz(model: nn.Module, default: int = 640) -> int:
-    args = getattr(model, "args", None) or {}
-    sz = args.get("imgsz", default) if isinstance(args, dict) else getattr(args, "imgsz", default)
-    return int(sz[0] if isinstance(sz, (list, tuple)) else sz)
-
-
-def export_cfg_of(model_path: str | Path):
-    """The run's ``gor.export`` section (recorded in the checkpoint as ``model.gor_cfg``), else the defaults."""
-    from gor_det.config import ExportCfg, parse_gor
-
-    cfg = getattr(load_model(model_path), "gor_cfg", None)
-    return parse_gor(cfg).export if cfg else ExportCfg()

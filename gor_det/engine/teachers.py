@@ -134,9 +134,6 @@ class TeacherSet:
     def reg_max(self) -> list[int]:
         return [int(m.model[-1].reg_max) for m in self.models]
 
-    def strides(self) -> list[list[float]]:
-        return [m.model[-1].stride.tolist() for m in self.models]
-
     @torch.no_grad()
     def __call__(self, img: torch.Tensor) -> list:
         """Run every teacher on ``img`` (B,3,H,W in 0..1) under no_grad (not inference_mode: the outputs are used in
