@@ -37,6 +37,15 @@ def med(fn, steps):
     return statistics.median(ts)
 
 
+def fake_batch(batch: int, imgsz: int, nc: int, per_image: int = 4) -> dict:
+    """A random Ultralytics training batch: ``img`` (batch, 3, imgsz, imgsz) in [0, 1], ``per_image`` boxes each."""
+    import torch
+
+    n = per_image * batch
+    return {"img": torch.rand(batch, 3, imgsz, imgsz), "batch_idx": torch.arange(batch).repeat_interleave(per_image).float(),
+            "cls": torch.randint(0, nc, (n, 1)).float(), "bboxes": torch.rand(n, 4) * 0.5 + 0.25}
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--student", default="yolov8n.yaml")
@@ -68,10 +77,8 @@ def main():
     student = DetectionModel(a.student, nc=nc, verbose=False)
     student.names = names
     student.args = IterableSimpleNamespace(**DEFAULT_CFG_DICT)
-    x = torch.rand(a.batch, 3, a.imgsz, a.imgsz)
-    n_obj = 4 * a.batch
-    batch = {"img": x, "batch_idx": torch.arange(a.batch).repeat_interleave(4).float(),
-             "cls": torch.randint(0, nc, (n_obj, 1)).float(), "bboxes": torch.rand(n_obj, 4) * 0.5 + 0.25}
+    batch = fake_batch(a.batch, a.imgsz, nc)
+    x = batch["img"]
     if a.quant:
         prepare_qat(student, gor.quant)
         calibrate(student.eval(), lambda m: m(x[:4]), gor.quant)

@@ -9,6 +9,7 @@ import torch
 
 import gor_det  # noqa: F401  (offline env first)
 from gor_det.config import QuantCfg
+from gor_det.quant import kernels
 from gor_det.quant.numerics import SCALE_MIN, FakeQuantizer, qrange
 
 
@@ -39,9 +40,22 @@ def grid_values(shape, s, qmin, qmax, z=0.0, seed=0):
     return ((k - z + u) * s).float()
 
 
+@pytest.fixture(params=["compiled", "torch"])
+def kernel(request, monkeypatch):
+    """Runs a test with the compiled LSQ kernel and with PyTorch's (GOR_DET_FQ_KERNEL=torch)."""
+    if request.param == "torch":
+        monkeypatch.setenv("GOR_DET_FQ_KERNEL", "torch")
+    else:
+        monkeypatch.delenv("GOR_DET_FQ_KERNEL", raising=False)
+    calls = []
+    for fn in (kernels.LSQPerTensor, kernels.LSQPerChannel):
+        monkeypatch.setattr(fn, "apply", lambda *a, _apply=fn.apply: calls.append(1) or _apply(*a))
+    return request.param, calls
+
+
 @pytest.mark.parametrize("bits", [2, 3, 4, 8])
 @pytest.mark.parametrize("symmetric", [True, False])
-def test_per_tensor_matches_reference(bits, symmetric):
+def test_per_tensor_matches_reference(bits, symmetric, kernel):
     q = FakeQuantizer(bits, symmetric=symmetric)
     s = 0.0371
     z = 0.0 if symmetric else float((q.qmax + 1) // 3)
@@ -58,10 +72,12 @@ def test_per_tensor_matches_reference(bits, symmetric):
     torch.testing.assert_close(x.grad.double(), rdx, rtol=0, atol=0)
     # d/dlog_scale = s * dL/ds
     torch.testing.assert_close(q.log_scale.grad.double(), s32 * rds.sum(), rtol=1e-5, atol=1e-7)
+    name, calls = kernel
+    assert bool(calls) == (name == "compiled")  # the kernel under test really ran
 
 
 @pytest.mark.parametrize("bits", [2, 4, 8])
-def test_per_channel_weights_match_reference(bits):
+def test_per_channel_weights_match_reference(bits, kernel):
     c = 5
     q = FakeQuantizer(bits, symmetric=True, narrow=True, channels=c)
     assert (q.qmin, q.qmax) == (-(2 ** (bits - 1) - 1), 2 ** (bits - 1) - 1)
@@ -77,6 +93,8 @@ def test_per_channel_weights_match_reference(bits):
     torch.testing.assert_close(y.double(), ry, rtol=1e-6, atol=1e-9)
     torch.testing.assert_close(x.grad.double(), rdx, rtol=0, atol=0)
     torch.testing.assert_close(q.log_scale.grad.double(), s32 * rds.sum((1, 2, 3)), rtol=1e-5, atol=1e-9)
+    name, calls = kernel
+    assert bool(calls) == (name == "compiled")
 
 
 def test_qrange():

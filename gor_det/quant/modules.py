@@ -25,6 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from gor_det.quant.kernels import divide_channels
 from gor_det.quant.numerics import SCALE_MIN, FakeQuantizer, Float32Module
 
 _GEOMETRY = frozenset({"in_channels", "out_channels", "kernel_size", "stride", "padding", "dilation", "groups",
@@ -124,19 +125,23 @@ class QConvBn2d(QuantModule):
         b = -self.bn.running_mean if self.conv.bias is None else self.conv.bias - self.bn.running_mean
         return beta + b * self.fold_factor()
 
-    def weight_to_quantize(self) -> torch.Tensor:
+    def weight_to_quantize(self, f: torch.Tensor | None = None) -> torch.Tensor:
+        """The weight the quantizer sees: ``w * f`` (folded) or ``w``; ``f`` = :meth:`fold_factor` if already known."""
         w = self.conv.weight
-        return w * self.fold_factor().reshape(-1, 1, 1, 1) if self.fold else w
+        if not self.fold:
+            return w
+        return w * (self.fold_factor() if f is None else f).reshape(-1, 1, 1, 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         dtype = x.dtype
         x = self.act_q(x.float())
-        f = self.fold_factor().reshape(-1, 1, 1, 1)
-        w = self.weight_q(self.weight_to_quantize())
+        f = self.fold_factor()
+        w = self.weight_q(self.weight_to_quantize(f))
+        f = f.reshape(-1, 1, 1, 1)
         if self.training and not self.bn_frozen:
             y = self.conv._conv_forward(x, w, None)
             if self.fold:  # undo the fold so BN can normalise with the batch statistics (torch.ao's ConvBn2d)
-                y = y / torch.where(f.abs() > 1e-12, f, torch.full_like(f, 1e-12)).reshape(1, -1, 1, 1)
+                y = divide_channels(y, torch.where(f.abs() > 1e-12, f, torch.full_like(f, 1e-12)).reshape(-1))
             if self.conv.bias is not None:
                 y = y + self.conv.bias.reshape(1, -1, 1, 1)
             y = self.bn(y)

@@ -32,6 +32,10 @@ These are exactly the definitions of PyTorch's ``torch._fake_quantize_learnable_
 (``grad_factor`` = g), which :class:`FakeQuantizer` calls; ``tests/test_quant_numerics.py`` checks forward and both
 gradients against a float64 reference written from the formulas above.
 
+Training on CPU, per-tensor activations go through :func:`gor_det.quant.kernels.fake_quant_per_tensor` instead: the
+same forward and input gradient bit for bit, the step-size gradient up to float summation order, in fewer passes
+(see that module).
+
 Calibration (initial step sizes from observed values; ``a``/``b`` the clipping range, ``amax = max(-a, b)``)::
 
     symmetric:   s = amax / qmax                           z = 0
@@ -54,6 +58,8 @@ import math
 
 import torch
 from torch import nn
+
+from gor_det.quant.kernels import fake_quant_per_channel, fake_quant_per_tensor
 
 SCALE_MIN = 1e-8  # floor of a calibrated step size (an all-zero channel must not give log(0))
 SAMPLES_PER_CALL = 2**14  # values kept per observe() call and row, for percentile / mse
@@ -220,11 +226,9 @@ class FakeQuantizer(Float32Module):
         n = x.numel() // max(1, s.numel())
         g = 1.0 / math.sqrt(max(1, n) * self.qmax)  # LSQ gradient scale
         if self.channels is None:
-            y = torch._fake_quantize_learnable_per_tensor_affine(
-                x, s.reshape(1), self.zero_point.reshape(1), self.qmin, self.qmax, g
-            )
+            y = fake_quant_per_tensor(x, s.reshape(1), self.zero_point.reshape(1), self.qmin, self.qmax, g)
         else:
-            y = torch._fake_quantize_learnable_per_channel_affine(x, s, self.zero_point, 0, self.qmin, self.qmax, g)
+            y = fake_quant_per_channel(x, s, self.zero_point, self.qmin, self.qmax, g)
         return y.to(dtype)
 
     def int_codes(self, x: torch.Tensor) -> torch.Tensor:

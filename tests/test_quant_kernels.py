@@ -1,0 +1,93 @@
+"""gor_det.quant.kernels: the compiled CPU training kernels against PyTorch's own ops, and the fallback."""
+
+import pytest
+import torch
+
+import gor_det  # noqa: F401  (offline env first)
+from gor_det.quant import kernels
+from gor_det.quant.numerics import qrange
+
+
+@pytest.mark.parametrize("bits,symmetric", [(8, True), (4, True), (8, False)])
+def test_compiled_kernel_equals_pytorch_kernel(bits, symmetric):
+    """Forward values and input gradients bit-identical to PyTorch's kernel on unstructured data (rounding ties
+    included), step-size gradient equal up to summation order; a batch-1 and a 2-D input reuse the same code."""
+    qmin, qmax = qrange(bits, symmetric)
+    z = torch.tensor([0.0 if symmetric else 37.0])
+    for shape in [(8, 16, 24, 24), (1, 5, 7, 3), (33, 10)]:
+        gen = torch.Generator().manual_seed(len(shape))
+        x = (torch.randn(shape, generator=gen) * 3).requires_grad_(True)
+        x[..., 0].data.copy_(torch.arange(x[..., 0].numel()).reshape(x[..., 0].shape) * 0.25)  # exact ties at s=0.5
+        gy = torch.randn(shape, generator=gen)
+        outs = []
+        for f in (kernels.LSQPerTensor.apply, torch._fake_quantize_learnable_per_tensor_affine):
+            xi = x.detach().clone().requires_grad_(True)
+            s = torch.tensor([0.5 if bits == 8 else 0.9], requires_grad=True)
+            y = f(xi, s, z, qmin, qmax, 0.01)
+            y.backward(gy)
+            outs.append((y, xi.grad, s.grad))
+        (y, gx, gs), (ry, rgx, rgs) = outs
+        assert torch.equal(y, ry) and torch.equal(gx, rgx)
+        torch.testing.assert_close(gs, rgs, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("shape", [(6, 4, 3, 3), (5, 7)])
+def test_compiled_per_channel_equals_pytorch_kernel(shape):
+    """Per-channel (weights, narrow int4/int8): forward and input gradient bit-identical to PyTorch's kernel, the
+    per-channel step-size gradient equal up to summation order; conv (4-D) and linear (2-D) weights."""
+    gen = torch.Generator().manual_seed(3)
+    x = torch.randn(shape, generator=gen) * 0.2
+    gy = torch.randn(shape, generator=gen)
+    c = shape[0]
+    for bits in (4, 8):
+        qmin, qmax = qrange(bits, True, narrow=True)
+        s0 = (torch.rand(c, generator=gen) * 0.03 + 0.005)
+        outs = []
+        for f in (kernels.LSQPerChannel.apply,
+                  lambda *a: torch._fake_quantize_learnable_per_channel_affine(*a[:3], 0, *a[3:])):
+            xi, s = x.clone().requires_grad_(True), s0.clone().requires_grad_(True)
+            y = f(xi, s, torch.zeros(c), qmin, qmax, 0.05)
+            y.backward(gy)
+            outs.append((y, xi.grad, s.grad))
+        (y, gx, gs), (ry, rgx, rgs) = outs
+        assert torch.equal(y, ry) and torch.equal(gx, rgx)
+        torch.testing.assert_close(gs, rgs, rtol=1e-5, atol=1e-6)
+
+
+def test_compile_failure_falls_back_to_pytorch_kernel(monkeypatch):
+    def broken(name):
+        raise RuntimeError("no C++ compiler")
+
+    monkeypatch.setattr(kernels, "_COMPILED", {})
+    monkeypatch.setattr(kernels, "_compiled", broken)
+    x = torch.randn(2, 3, 4, 4, requires_grad=True)
+    s = torch.tensor([0.1], requires_grad=True)
+    with pytest.warns(UserWarning, match="no C\\+\\+ compiler"):
+        y = kernels.fake_quant_per_tensor(x, s, torch.zeros(1), -128, 127, 0.01)
+    y.sum().backward()
+    assert "failed" in kernels._COMPILED and not kernels.fast_kernel_wanted(x)
+    ref = torch._fake_quantize_learnable_per_tensor_affine(x.detach(), s.detach(), torch.zeros(1), -128, 127, 0.01)
+    assert torch.equal(y, ref) and x.grad is not None
+
+
+def test_divide_channels_equals_eager_division():
+    """Forward bit-identical to ``y / f`` (computed in place); gradients for y and f equal to autograd's up to
+    rounding; the eager path serves no_grad calls."""
+    gen = torch.Generator().manual_seed(0)
+    y = torch.randn(4, 6, 9, 7, generator=gen)
+    f = torch.rand(6, generator=gen) + 0.1
+    f[1] = -0.7  # a negative BN gamma
+    gy = torch.randn(y.shape, generator=gen)
+    outs = []
+    for fn in (kernels.DivideChannels.apply, lambda a, b: a / b.reshape(1, -1, 1, 1)):
+        yi, fi = y.clone().requires_grad_(True), f.clone().requires_grad_(True)
+        out = fn(yi * 1.0, fi)  # a non-leaf input, as a conv output is (DivideChannels writes into it)
+        out.backward(gy)
+        outs.append((out, yi.grad, fi.grad))
+    (o, gy1, gf1), (ro, rgy, rgf) = outs
+    assert torch.equal(o, ro)
+    torch.testing.assert_close(gy1, rgy, rtol=1e-6, atol=0)
+    torch.testing.assert_close(gf1, rgf, rtol=1e-5, atol=1e-6)
+    with torch.no_grad():
+        assert torch.equal(kernels.divide_channels(y, f), ro)
+    assert kernels.fast_kernel_wanted(y) and not kernels.fast_kernel_wanted(y.to("meta"))
