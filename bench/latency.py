@@ -6,7 +6,8 @@
 
 Rows: PyTorch FP32 (BN fused), ONNX Runtime FP32, ONNX Runtime INT8 Q/DQ (TensorRT-style symmetric int8 activations),
 ONNX Runtime INT8 with asymmetric uint8 activations (``gor.quant.a_symmetric: false``, the layout ORT's x86 integer
-kernels take), NCNN FP32, NCNN FP16 (NCNN's default fp16 storage/arithmetic), NCNN INT8 (learned scales).
+kernels take), NCNN FP32, NCNN FP16 (NCNN's default fp16 storage/arithmetic), NCNN INT8 (learned scales), with NCNN's default
+options and with its INT8 Winograd convolutions off.
 INT8 models are made by PTQ calibration on random data here: the timing is what matters, not the accuracy.
 Writes <out>/latency.md and latency.json.
 """
@@ -120,6 +121,8 @@ def main():
         runtimes["NCNN FP16 (ncnn default fp16 storage/arith)"] = (NcnnBackend(n_fp.dir, threads=a.threads, fp16=True), x)
         n_i8 = export_ncnn_int8(dq_sym, sz, d / "ncnn_int8")
         runtimes["NCNN INT8 (learned scales)"] = (NcnnBackend(n_i8.dir, threads=a.threads), x)
+        runtimes["NCNN INT8 (learned scales), winograd off"] = (
+            NcnnBackend(n_i8.dir, threads=a.threads, options={"use_winograd_convolution": False}), x)
         for name, (fn, inp) in runtimes.items():
             ms = median_ms(fn, inp, a.runs, a.warmup)
             rows.append({"runtime": name, "imgsz": sz, "median_ms": ms})

@@ -117,6 +117,18 @@ def test_ncnn_int8_matches_fake_quant(exported, images):
     assert rep.rel_l2 <= quant_err.rel_l2  # NCNN INT8 tracks the fake-quant model, not the FP one
 
 
+def test_ncnn_options_apply_and_unknown_option_is_named(exported, images):
+    from gor_det.export import NcnnBackend
+
+    n8 = exported["n8"]
+    ref = NcnnBackend(n8.param, threads=1)(images[:1])
+    be = NcnnBackend(n8.param, threads=1, options={"use_winograd_convolution": False})
+    assert be.net.opt.use_winograd_convolution is False
+    np.testing.assert_allclose(be(images[:1]), ref, rtol=0, atol=5e-3)  # another conv algorithm, the same model
+    with pytest.raises(ValueError, match="use_winograd_convlution"):
+        NcnnBackend(n8.param, options={"use_winograd_convlution": False})
+
+
 def test_ncnn_int8_rejects_float_model(exported, tmp_path):
     from gor_det.export import export_ncnn_int8
 

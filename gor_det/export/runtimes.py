@@ -57,9 +57,11 @@ class NcnnBackend:
     ``fp16=False`` disables NCNN's fp16/bf16 storage and arithmetic (exact fp32 for parity checks); ``True`` keeps
     NCNN's defaults (faster: 38 vs 78 ms for yolov8n at 320 px on this x86 VM; INT8 29 ms).
     ``threads`` is capped by ``OMP_NUM_THREADS`` when that is set: NCNN asked for more OpenMP threads than the
-    environment allows ran ~10x slower here."""
+    environment allows ran ~10x slower here. ``options``: further ``ncnn.Option`` attributes to set, e.g.
+    ``{"use_winograd_convolution": False}`` (INT8 on x86: 30.7 vs 33.0 ms at 640 px, ``bench/latency.py``)."""
 
-    def __init__(self, param, bin=None, int8: bool | None = None, threads: int = 2, fp16: bool = False):
+    def __init__(self, param, bin=None, int8: bool | None = None, threads: int = 2, fp16: bool = False,
+                 options: dict | None = None):
         ncnn = require("ncnn")
         from gor_det.export.ncnn_export import read_bin, read_param
 
@@ -86,6 +88,10 @@ class NcnnBackend:
         if not fp16:
             o.use_fp16_packed = o.use_fp16_storage = o.use_fp16_arithmetic = False
             o.use_bf16_storage = False
+        for k, v in (options or {}).items():
+            if not hasattr(o, k):
+                raise ValueError(f"ncnn.Option has no attribute {k!r}; see ncnn's option.h for the names")
+            setattr(o, k, v)
         if net.load_param(str(self.param)) != 0:
             raise ModelFileError(f"{self.param} is not a valid NCNN .param file (ncnn load_param failed)")
         if net.load_model(str(self.bin)) != 0:
