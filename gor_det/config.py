@@ -56,6 +56,8 @@ class DistillCfg:
     box_T: float = 1.0
     conf_weight: bool = True  # weight head KD per anchor by teacher confidence (max class prob)
     ensemble: str = "mean_loss"  # mean_loss (average per-teacher KD losses) | mean_target (average teacher targets)
+    val_kd: bool = True  # also run the teachers on validation batches to log val/kd_*; false saves a teacher forward
+    # per val image (COCO val2017: 5000 images) and logs val/kd_* as 0
 
 
 @dataclass

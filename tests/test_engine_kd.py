@@ -143,3 +143,46 @@ def test_qat_train_checkpoint_resume_bit_exact(tiny_data, tmp_path, bits):
     for k, v in saved.items():
         assert torch.equal(seen["q"][k], v), k
         assert torch.equal(seen["ema"][k], v), k
+
+
+def test_val_kd_switch_skips_teachers_in_validation(tiny_data, teacher_pt, monkeypatch):
+    """distill.val_kd=false: no teacher forward under no_grad (Ultralytics' validator), val/kd_* logged as 0; training
+    batches still distil; val_kd=true runs the teachers in validation too."""
+    import yaml
+    from ultralytics.nn.tasks import DetectionModel
+    from ultralytics.utils import DEFAULT_CFG_DICT, IterableSimpleNamespace
+
+    from gor_det.balance import make_gor_params
+    from gor_det.distill import build_adapters
+    from gor_det.engine.criterion import attach_kd_criterion
+    from gor_det.engine.teachers import TeacherSet
+
+    names = yaml.safe_load(open(tiny_data))["names"]
+    gor = parse_gor({"teachers": [teacher_pt], "distill": {"val_kd": False}})
+    teachers = TeacherSet(gor.teachers, names)
+    calls = []
+    forward = TeacherSet.__call__
+    monkeypatch.setattr(TeacherSet, "__call__", lambda self, x: calls.append(1) or forward(self, x))
+    torch.manual_seed(0)
+    student = DetectionModel("yolov8n.yaml", nc=len(names), verbose=False)
+    student.names, student.args = names, IterableSimpleNamespace(**DEFAULT_CFG_DICT)
+    img = torch.rand(2, 3, 64, 64)
+    s_ch = [f.shape[1] for f in student(img)["feats"]]
+    student.kd = torch.nn.ModuleDict({"adapters": build_adapters(s_ch, teachers.feature_channels()),
+                                      "gor": make_gor_params()})
+    attach_kd_criterion(student, teachers, gor)
+    batch = {"img": img, "batch_idx": torch.tensor([0.0, 1.0]), "cls": torch.tensor([[0.0], [1.0]]),
+             "bboxes": torch.tensor([[0.5, 0.5, 0.3, 0.3], [0.4, 0.4, 0.2, 0.2]])}
+    student.train()
+    calls.clear()  # feature_channels() probed the teachers once
+    _, items = student(batch)
+    assert len(calls) == 1 and float(items["kd_feat"]) > 0
+    student.eval()
+    with torch.no_grad():
+        _, items = student.loss(batch, student(img))
+    assert len(calls) == 1 and all(float(items[k]) == 0 for k in ("kd_feat", "kd_cls", "kd_box"))
+    assert float(items["w_task"]) > 0 and float(items["box_loss"]) > 0
+    gor.distill.val_kd = True
+    with torch.no_grad():
+        _, items = student.loss(batch, student(img))
+    assert len(calls) == 2 and float(items["kd_cls"]) > 0

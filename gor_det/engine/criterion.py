@@ -54,9 +54,13 @@ class KDCriterion:
         img = batch["img"]
         bs = img.shape[0]
         task = det_loss.sum() / bs
-        student = head_outputs(preds, self.reg_max)
-        t_outs = [head_outputs(y, r) for y, r in zip(self.teachers(img), self.t_reg_max)]
-        kd = self.distiller(student, t_outs, self.kd["adapters"])
+        if torch.is_grad_enabled() or self.cfg.distill.val_kd:
+            student = head_outputs(preds, self.reg_max)
+            t_outs = [head_outputs(y, r) for y, r in zip(self.teachers(img), self.t_reg_max)]
+            kd = self.distiller(student, t_outs, self.kd["adapters"])
+        else:  # Ultralytics' validator (no_grad) with distill.val_kd off: no teacher forward
+            zero = task.new_zeros(())
+            kd = {k: zero for k in (*KD_KEYS, "kd")}
         total, weights = self.balancer({"task": task, "kd": kd["kd"]})
         items = dict(det_items)
         for k in KD_KEYS:
