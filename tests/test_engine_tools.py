@@ -55,6 +55,16 @@ def test_val_det_all_artifacts_and_table(fp_and_ptq, tiny_data, tmp_path):
     assert (tmp_path / "val" / "ptq_pt" / "predictions.json").exists()
 
 
+def test_evaluate_artifact_uses_the_checkpoints_own_imgsz(fp_and_ptq, tiny_data, tmp_path):
+    from gor_det.engine.evaluate import evaluate_artifact, load_model, train_imgsz
+
+    fp, _ = fp_and_ptq
+    own = train_imgsz(load_model(fp), default=-1)
+    assert own > 0
+    m = evaluate_artifact(fp, tiny_data, None, tmp_path / "own")
+    assert m["imgsz"] == own and json.loads((tmp_path / "own" / "metrics.json").read_text())["settings"]["imgsz"] == own
+
+
 def test_export_det_qat_then_val_exports(fp_and_ptq, tiny_data, tmp_path):
     _, q = fp_and_ptq
     out = cli("tools/export_det.py", "--model", str(q), "--out", str(tmp_path / "exp"), "--formats", "onnx_qdq",

@@ -30,18 +30,18 @@ def main():
     ap.add_argument("--table", help="also write a markdown table of all models here")
     ap.add_argument("--ultralytics", action="store_true", help="also run Ultralytics' own val (cross-check)")
     a = ap.parse_args()
-    from gor_det.engine.evaluate import evaluate_artifact, imgsz_of, results_table, ultralytics_val, write_json
+    from gor_det.engine.evaluate import evaluate_artifact, results_table, ultralytics_val, write_json
 
     rows = []
     for m in a.model:
-        imgsz = a.imgsz or imgsz_of(m)
         out = Path(a.out) / Path(m).name.replace(".", "_")
-        metrics = evaluate_artifact(m, a.data, imgsz, out, ann_json=a.ann, batch=a.batch, device=a.device)
+        metrics = evaluate_artifact(m, a.data, a.imgsz, out, ann_json=a.ann, batch=a.batch, device=a.device)
+        imgsz = metrics["imgsz"]
         if a.ultralytics and m.endswith(".pt"):
             metrics["ultralytics"] = ultralytics_val(m, a.data, imgsz, out / "ultralytics_val")
             write_json({k: v for k, v in metrics.items() if k != "summary"}, out / "metrics.json")
         print(f"\n{m} (imgsz {imgsz}):\n{metrics['summary']}")
-        rows.append({**metrics, "imgsz": imgsz})
+        rows.append(metrics)
     md = results_table(rows, command="python tools/val_det.py " + " ".join(__import__("sys").argv[1:]))
     print(md)
     if a.table:

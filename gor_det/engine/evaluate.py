@@ -31,9 +31,12 @@ def load_model(path: str | Path) -> nn.Module:
     return model.float().eval()
 
 
-def backend_for(path: str | Path, imgsz: int, device: str = "cpu"):
+def backend_for(path: str | Path, device: str = "cpu"):
     """Pick the runtime from the artefact: ``.pt`` (PyTorch), ``.onnx`` (ONNX Runtime), an NCNN folder or ``.param``
-    (ncnn; INT8 when the param marks int8 convs), ``.engine`` (TensorRT). Returns ``(backend, names or None)``."""
+    (ncnn; INT8 when the param marks int8 convs), ``.engine`` (TensorRT).
+
+    Returns ``(backend, names or None, imgsz)``: ``imgsz`` is the size the artefact was trained or exported at
+    (:func:`imgsz_of`; a ``.pt`` is loaded once for both)."""
     p = Path(path)
     if not p.exists():
         raise ConfigError(f"model file not found: {p}")
@@ -41,9 +44,9 @@ def backend_for(path: str | Path, imgsz: int, device: str = "cpu"):
 
     if p.suffix == ".pt":
         model = load_model(p)
-        return TorchBackend(model.to(device), device), getattr(model, "names", None)
+        return TorchBackend(model.to(device), device), getattr(model, "names", None), train_imgsz(model)
     try:
-        return load_backend(p), None
+        return load_backend(p), None, imgsz_of(p)
     except (FileNotFoundError, ValueError, RuntimeError) as e:
         raise ConfigError(str(e)) from None
 
@@ -60,26 +63,28 @@ def coco_json_of(data_yaml: str | Path) -> Path | None:
 def evaluate_artifact(
     model_path: str | Path,
     data: str | Path,
-    imgsz: int,
+    imgsz: int | None,
     out_dir: str | Path,
     ann_json: str | Path | None = None,
     batch: int = 8,
     device: str = "cpu",
 ) -> dict:
-    """COCO metrics of one artefact on ``data``'s val split; writes predictions.json and metrics.json to out_dir."""
+    """COCO metrics of one artefact on ``data``'s val split; writes predictions.json and metrics.json to out_dir.
+    ``imgsz=None``: the artefact's own training/export size (:func:`imgsz_of`). The returned dict has ``imgsz``."""
     data = Path(data)
     if not data.exists():
         raise ConfigError(f"data not found: {data}")
     ann = Path(ann_json) if ann_json else coco_json_of(data)
     if ann is None or not ann.is_file():
         raise ConfigError(f"no COCO annotation json: pass --ann (e.g. annotations/instances_val2017.json); got {ann}")
-    backend, names = backend_for(model_path, imgsz, device)
+    backend, names, own_imgsz = backend_for(model_path, device)
+    imgsz = imgsz or own_imgsz
     if names is None:
         names = (yaml.safe_load(data.read_text()) or {}).get("names") if data.suffix in (".yaml", ".yml") else None
     # exported models have a fixed batch of 1; PyTorch batches freely
     b = batch if Path(model_path).suffix == ".pt" else 1
     metrics = evaluate_backend(backend, data, ann, imgsz, out_dir, names=names, batch=b)
-    metrics["model"] = str(model_path)
+    metrics["model"], metrics["imgsz"] = str(model_path), int(imgsz)
     return metrics
 
 
