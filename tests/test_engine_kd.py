@@ -120,8 +120,11 @@ def test_qat_train_checkpoint_resume_bit_exact(tiny_data, tmp_path, bits):
     ov = tiny_overrides(tiny_data, tmp_path, f"qat{bits[0]}{bits[1]}", epochs=2)
     trainer = make_trainer_class(gor)(overrides=ov)
     trainer.add_callback("on_fit_epoch_end", stop_after_first_epoch)
+    fresh = []  # calibration drew batches from the persistent loader; epoch 1 must still start a fresh pass
+    trainer.add_callback("on_train_epoch_start", lambda tr: fresh.append(tr.train_loader.iterator is None))
     with pytest.raises(StopAfterFirstEpoch):
         trainer.train()
+    assert fresh == [True]
     groups = {g.get("param_group"): g for g in trainer.optimizer.param_groups}
     assert groups["quant_scale"]["weight_decay"] == 0
     ck = torch.load(trainer.last, weights_only=False)

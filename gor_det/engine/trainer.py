@@ -141,6 +141,8 @@ class GorDetectionTrainer(DetectionTrainer):
         model.eval()
         calibrate(model, forward_loop, self.gor.quant)
         model.train(was_training)
+        if hasattr(self.train_loader, "reset"):  # InfiniteDataLoader: epoch 1 starts a fresh pass, not mid-sampler
+            self.train_loader.reset()
         if torch.distributed.is_available() and torch.distributed.is_initialized():
             for p in quant_scale_parameters(model):  # every rank must start from rank 0's step sizes
                 torch.distributed.broadcast(p.data, src=0)
