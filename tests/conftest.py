@@ -26,8 +26,11 @@ def tiny_overrides(data, project, name, **kw):
     return o
 
 
-def make_export_models(nc: int = 4, imgsz: int = 64, seed: int = 0, fmt: str = "onnx"):
-    """(fp fused export-mode model, QAT model, convert_for_export model) of a yolov8n with non-trivial weights."""
+def make_export_models(nc: int = 4, imgsz: int = 64, seed: int = 0, fmt: str = "onnx", cfg: str = "yolov8n.yaml",
+                       fuse: bool = True):
+    """(fp fused export-mode model, QAT model, convert_for_export model) of a yolov8n (or ``cfg``) with non-trivial
+    weights; end-to-end heads (YOLO26) export their one-to-many branch, as gor_det's export does. ``fuse=False``
+    leaves the QAT model unfused (as tools/export_det.py does: YOLO26 then keeps both head branches)."""
     import copy
 
     import torch
@@ -38,7 +41,7 @@ def make_export_models(nc: int = 4, imgsz: int = 64, seed: int = 0, fmt: str = "
     from gor_det.quant import convert_for_export, prepare_qat
 
     torch.manual_seed(seed)
-    m = DetectionModel("yolov8n.yaml", nc=nc, verbose=False)
+    m = DetectionModel(cfg, nc=nc, verbose=False)
     for mod in m.modules():  # default init decays to ~constant outputs; make activations O(1)
         if isinstance(mod, nn.Conv2d):
             nn.init.kaiming_normal_(mod.weight, nonlinearity="relu")
@@ -47,16 +50,18 @@ def make_export_models(nc: int = 4, imgsz: int = 64, seed: int = 0, fmt: str = "
         elif isinstance(mod, nn.BatchNorm2d):
             nn.init.uniform_(mod.weight, 0.5, 1.0)
             nn.init.uniform_(mod.bias, -0.3, 0.3)
-    m.model[-1].dfl.conv.weight.data[:] = torch.arange(16.0).view(1, 16, 1, 1)
+    if hasattr(m.model[-1].dfl, "conv"):  # reg_max 16 (YOLO26: reg_max 1, no DFL conv)
+        m.model[-1].dfl.conv.weight.data[:] = torch.arange(16.0).view(1, 16, 1, 1)
     m.eval()
     fp = copy.deepcopy(m).fuse()
     calib = torch.rand(4, 3, imgsz, imgsz)
     prepare_qat(m, QuantCfg(calib="minmax"), forward_loop=lambda mm: mm(calib))
-    m.fuse()
+    if fuse:
+        m.fuse()
     for mm in (fp, m):
         for mod in mm.modules():
             if type(mod).__name__ == "Detect":
-                mod.export, mod.format = True, fmt
+                mod.export, mod.format, mod.end2end = True, fmt, False
     return fp, m, convert_for_export(m)
 
 

@@ -129,6 +129,22 @@ def test_ncnn_options_apply_and_unknown_option_is_named(exported, images):
         NcnnBackend(n8.param, options={"use_winograd_convlution": False})
 
 
+@pytest.mark.parametrize("cfg", ["yolo11n.yaml", "yolo26n.yaml"])
+def test_ncnn_int8_yolo11_and_yolo26_students(cfg, images, tmp_path):
+    """Other student families. YOLO26 (end-to-end head, reg_max 1): export runs the one-to-many branch, so the
+    one-to-one branch's quantized convs are dead code that pnnx drops; the INT8 writer must not ask for them."""
+    from gor_det.export import NcnnBackend, TorchBackend, compare_backends, export_ncnn_int8
+
+    _, _, dep = make_export_models(cfg=cfg, fmt="ncnn", fuse=False)
+    assert any("one2one" in n for n, _ in dep.named_modules()) == ("26" in cfg)
+    n8 = export_ncnn_int8(dep, IMGSZ, tmp_path / "int8")
+    names = [n for _, n in n8.quantized]
+    assert len(names) > 40 and not any("one2one" in n for n in names)
+    rep = compare_backends(TorchBackend(dep), NcnnBackend(n8.param, threads=1), images, cls_tol=5e-3, rel_l2_tol=1e-3)
+    # raw outputs only: a random-init reg_max=1 head predicts near-zero-size boxes, so NMS matching by IoU is moot
+    assert rep.cls_max_abs <= 5e-3 and rep.rel_l2 <= 1e-3, rep.summary()
+
+
 def test_ncnn_int8_rejects_float_model(exported, tmp_path):
     from gor_det.export import export_ncnn_int8
 

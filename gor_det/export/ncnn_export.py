@@ -381,6 +381,25 @@ def _quant_reason(q: dict) -> str | None:
     return None
 
 
+def _unused_modules(model: nn.Module, names: set, imgsz) -> set:
+    """The modules among ``names`` (with a ``weight``) whose weight does not reach the output of ``model``'s forward
+    on the export dummy input: what pnnx's trace drops as dead code (YOLO26's one-to-one head branch, computed but
+    not returned in export mode). Found by a backward pass on a copy."""
+    import copy
+
+    m = copy.deepcopy(model).float()
+    mods = dict(m.named_modules())
+    ws = {n: mods[n].weight for n in names if n in mods and isinstance(getattr(mods[n], "weight", None), torch.Tensor)}
+    for p in m.parameters():
+        p.requires_grad_(False)
+    for w in ws.values():
+        w.requires_grad_(True)
+    y = m(_dummy(m, imgsz))
+    y = y[0] if isinstance(y, (list, tuple)) else y
+    y.float().sum().backward()
+    return {n for n, w in ws.items() if w.grad is None}
+
+
 def export_ncnn_int8(deploy_model: nn.Module, imgsz, out_dir, write_table: bool = True) -> NcnnModel:
     """Write an NCNN INT8 model from a ``quant.convert_for_export`` model, using its learned scales.
 
@@ -441,7 +460,8 @@ def export_ncnn_int8(deploy_model: nn.Module, imgsz, out_dir, write_table: bool 
         res.quantized.append((la.name, mname))
     for reason, names in kept_float.items():
         warnings.warn(f"NCNN INT8: {len(names)} quantized conv(s) stay float ({reason}): {names[:4]}...", stacklevel=2)
-    missing = sorted(set(info) - used)
+    # quantized convs the exported forward never runs (YOLO26's one-to-one branch: export keeps the one-to-many one)
+    missing = sorted(set(info) - used - _unused_modules(float_model, set(info), imgsz))
     if missing:
         raise ValueError(f"NCNN INT8: no pnnx conv layer matches the weights of {missing[:5]} ({len(missing)} total)")
 
