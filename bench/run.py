@@ -143,10 +143,14 @@ def mean_std(xs):
     return f"{statistics.mean(xs):.4g} ± {statistics.stdev(xs):.2g}"
 
 
-def table(rows: list[dict], names: list[str]) -> str:
-    head = ("| run | seeds | mAP50-95 (pycocotools) | per seed | mAP50 | Ultralytics val mAP50-95 | wall time (s) | "
-            "s/iteration |\n")
-    head += "|---|---|---|---|---|---|---|---|\n"
+def table(rows: list[dict], names: list[str], ref: str | None = None) -> str:
+    """Markdown table, one line per run name: mean ± std over seeds, the per-seed mAP50-95 (seed order), and with
+    ``ref`` the mean over seeds of the paired difference ``run - ref`` (same seed = same FP starting point), in
+    mAP50-95 points (x100)."""
+    refs = {r.get("seed", 0): r["mAP50-95"] for r in rows if r["name"] == ref}
+    head = "| run | seeds | mAP50-95 (pycocotools) | per seed |" + (f" vs {ref} (points, paired) |" if ref else "")
+    head += " mAP50 | Ultralytics val mAP50-95 | wall time (s) | s/iteration |\n"
+    head += "|---|---|---|---|" + ("---|" if ref else "") + "---|---|---|---|\n"
     lines = []
     for n in names:
         rs = sorted((r for r in rows if r["name"] == n), key=lambda r: r.get("seed", 0))
@@ -155,9 +159,14 @@ def table(rows: list[dict], names: list[str]) -> str:
         def col(k, rs=rs):
             return mean_std([r.get(k, float("nan")) for r in rs])
 
-        per_seed = " / ".join(f"{r['mAP50-95']:.4f}" for r in rs)  # paired: every stage-2 row of a seed shares its FP start
-        lines.append(f"| {n} | {len(rs)} | {col('mAP50-95')} | {per_seed} | {col('mAP50')} | {col('ul_mAP50-95')} | "
-                     f"{col('wall_s')} | {col('s_per_it')} |")
+        per_seed = " / ".join(f"{r['mAP50-95']:.4f}" for r in rs)
+        delta = ""
+        if ref:
+            d = [100 * (r["mAP50-95"] - refs[r.get("seed", 0)]) for r in rs if r.get("seed", 0) in refs]
+            delta = (" " + " / ".join(f"{x:+.2f}" for x in d) + (f" (mean {statistics.mean(d):+.2f})" if len(d) > 1
+                                                                  else "") + " |") if d else " - |"
+        lines.append(f"| {n} | {len(rs)} | {col('mAP50-95')} | {per_seed} |{delta} {col('mAP50')} | "
+                     f"{col('ul_mAP50-95')} | {col('wall_s')} | {col('s_per_it')} |")
     return head + "\n".join(lines) + "\n"
 
 
@@ -165,6 +174,7 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--suite", required=True)
     ap.add_argument("--seeds", type=int, nargs="*")
+    ap.add_argument("--ref", help="add a column: paired per-seed difference to this run (e.g. fp_v8n_ft)")
     ap.add_argument("--only", nargs="*", help="run names to (re)run; others are read from their result.json if present")
     ap.add_argument("--out", help="output dir (default bench/out/<suite name>)")
     ap.add_argument("--table-only", action="store_true",
@@ -196,7 +206,7 @@ def main():
             print(f"\n=== bench: {run['name']} seed {seed} ===", flush=True)
             rows.append(run_one(run, suite, a.overrides, key, out_root, data))
     names = [r["name"] for r in suite["runs"] if not (a.table_only and a.only) or r["name"] in a.only]
-    md = table(rows, names)
+    md = table(rows, names, a.ref)
     cmd = "python bench/run.py " + " ".join(sys.argv[1:])
     meta = (f"\nCommand: `{cmd}`  \nMachine: {platform.machine()} {platform.processor() or ''}, "
             f"{__import__('os').cpu_count()} CPU cores, torch {__import__('torch').__version__}, "

@@ -1,0 +1,69 @@
+#!/usr/bin/env python
+"""Rewrite the benchmark tables in docs/ from the result.json files under bench/out/synthetic/ (no training).
+
+    python bench/fill_docs.py            # after bench/reproduce.sh (or any subset of its rows)
+
+Each table in DOCS is the block from its ``| run | seeds |`` header to the ``Date:`` line below it; it is replaced
+by :func:`run.table` over the listed rows (every seed found), the command that regenerates it, the machine and the
+dates the rows were run. Rows that have not been run are left out of the table.
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+import sys
+from datetime import datetime, timezone
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "bench"))
+
+from run import table  # noqa: E402  (bench/run.py)
+
+OUT = ROOT / "bench/out/synthetic"
+REF = {"docs/quantization.md": "fp_v8n_ft", "docs/gor.md": "fp_v8n_ft"}  # paired-difference column against this row
+DOCS = {
+    "docs/synthetic-benchmark.md": ["teacher_v8s", "teacher_v11s", "fp_v8n"],
+    "docs/quantization.md": ["fp_v8n", "fp_v8n_ft", "ptq_w8a8", "qat_w8a8", "qat_w8a8_bnfreeze2", "ul_quantize8",
+                             "qat_w4a8", "ptq_w4a4", "qat_w4a4"],
+    "docs/gor.md": ["teacher_v8s", "teacher_v11s", "fp_v8n_ft", "qat_w8a8", "kd_fixed0.5_w8a8", "kd_fixed2_w8a8",
+                    "kd_fixed8_w8a8", "kd_gor_w8a8", "kd_gornorm_w8a8", "ekd_gor_w8a8", "ul_distill_fp", "kd_gor_fp",
+                    "qat_w4a4", "kd_fixed2_w4a4", "kd_gor_w4a4"],
+}
+
+
+def rows_of(names: list[str]) -> tuple[list[dict], list[str]]:
+    rows, days = [], set()
+    for n in names:
+        for f in sorted((OUT / n).glob("seed*/result.json")):
+            rows.append(json.loads(f.read_text()))
+            days.add(datetime.fromtimestamp(f.stat().st_mtime, timezone.utc).date().isoformat())
+    return rows, sorted(days)
+
+
+def block(names: list[str], ref: str | None) -> str:
+    rows, days = rows_of(names)
+    import torch
+    import ultralytics
+
+    cmd = ("python bench/run.py --suite bench/suites/synthetic.yaml --table-only" + (f" --ref {ref}" if ref else "")
+           + " --only " + " ".join(names))
+    return (table(rows, names, ref) + "\nRows made by `sh bench/reproduce.sh`; this table: `python bench/fill_docs.py` "
+            f"(= `{cmd}`)  \nMachine: {platform.machine()}, 2-core VM, torch {torch.__version__}, ultralytics "
+            f"{ultralytics.__version__}  \nDate: rows run on {', '.join(days)}")
+
+
+def main():
+    for doc, names in DOCS.items():
+        p = ROOT / doc
+        lines = p.read_text().splitlines()
+        start = next(i for i, ln in enumerate(lines) if ln.startswith("| run | seeds |"))
+        end = next(i for i in range(start, len(lines)) if lines[i].startswith("Date:"))
+        lines[start:end + 1] = block(names, REF.get(doc)).splitlines()
+        p.write_text("\n".join(lines) + "\n")
+        print(f"{doc}: table of {len(names)} runs rewritten")
+
+
+if __name__ == "__main__":
+    main()
