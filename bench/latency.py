@@ -6,8 +6,7 @@
 
 Rows: PyTorch FP32 (BN fused), ONNX Runtime FP32, ONNX Runtime INT8 Q/DQ (TensorRT-style symmetric int8 activations),
 ONNX Runtime INT8 with asymmetric uint8 activations (``gor.quant.a_symmetric: false``, the layout ORT's x86 integer
-kernels take), NCNN FP32, NCNN FP16 (NCNN's default fp16 storage/arithmetic), NCNN INT8 (learned scales), with NCNN's default
-options and with its INT8 Winograd convolutions off.
+kernels take), NCNN FP32, NCNN FP16 (NCNN's default fp16 storage/arithmetic), NCNN INT8 (learned scales).
 INT8 models are made by PTQ calibration on random data here: the timing is what matters, not the accuracy.
 Writes <out>/latency.md and latency.json.
 """
@@ -34,15 +33,22 @@ os.environ["OMP_NUM_THREADS"] = _t
 import gor_det  # noqa: E402,F401
 
 
-def median_ms(fn, x, runs: int, warmup: int) -> float:
-    for _ in range(warmup):
-        fn(x)
-    ts = []
-    for _ in range(runs):
-        t = time.perf_counter()
-        fn(x)
-        ts.append((time.perf_counter() - t) * 1e3)
-    return statistics.median(ts)
+def median_ms(runtimes: dict, runs: int, warmup: int, block: int = 5) -> dict:
+    """Median latency (ms) of every ``name -> (fn, input)`` over ``runs`` calls, timed in interleaved rounds of
+    ``block`` calls per runtime (after one untimed call, which absorbs the previous runtime's spinning thread pool),
+    so that a slow spell of a shared VM hits every runtime alike instead of one of them."""
+    for fn, x in runtimes.values():
+        for _ in range(warmup):
+            fn(x)
+    ts = {name: [] for name in runtimes}
+    for _ in range(max(1, runs // block)):
+        for name, (fn, x) in runtimes.items():
+            fn(x)
+            for _ in range(block):
+                t = time.perf_counter()
+                fn(x)
+                ts[name].append((time.perf_counter() - t) * 1e3)
+    return {name: statistics.median(v) for name, v in ts.items()}
 
 
 def build_models(model_path: str | None, a_symmetric: bool):
@@ -121,10 +127,7 @@ def main():
         runtimes["NCNN FP16 (ncnn default fp16 storage/arith)"] = (NcnnBackend(n_fp.dir, threads=a.threads, fp16=True), x)
         n_i8 = export_ncnn_int8(dq_sym, sz, d / "ncnn_int8")
         runtimes["NCNN INT8 (learned scales)"] = (NcnnBackend(n_i8.dir, threads=a.threads), x)
-        runtimes["NCNN INT8 (learned scales), winograd off"] = (
-            NcnnBackend(n_i8.dir, threads=a.threads, options={"use_winograd_convolution": False}), x)
-        for name, (fn, inp) in runtimes.items():
-            ms = median_ms(fn, inp, a.runs, a.warmup)
+        for name, ms in median_ms(runtimes, a.runs, a.warmup).items():
             rows.append({"runtime": name, "imgsz": sz, "median_ms": ms})
             print(f"{sz:4d} {name:70s} {ms:8.2f} ms", flush=True)
     sizes = a.sizes
@@ -134,7 +137,7 @@ def main():
         md.append(f"| {name} | " + " | ".join(cells) + " |")
     md += ["", f"Command: `python bench/latency.py {' '.join(sys.argv[1:])}`  ",
            f"Machine: {platform.machine()}, {os.cpu_count()} CPU cores, {a.threads} threads, torch {torch.__version__}; "
-           f"batch 1, median of {a.runs} runs after {a.warmup} warm-up  ", f"Date: {date.today()}", ""]
+           f"batch 1, median of {a.runs} runs (runtimes interleaved in blocks of 5) after {a.warmup} warm-up  ", f"Date: {date.today()}", ""]
     (out / "latency.md").write_text("\n".join(md))
     (out / "latency.json").write_text(json.dumps(rows, indent=2))
     print("\n".join(md))

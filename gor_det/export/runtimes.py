@@ -58,7 +58,7 @@ class NcnnBackend:
     NCNN's defaults (faster: 38 vs 78 ms for yolov8n at 320 px on this x86 VM; INT8 29 ms).
     ``threads`` is capped by ``OMP_NUM_THREADS`` when that is set: NCNN asked for more OpenMP threads than the
     environment allows ran ~10x slower here. ``options``: further ``ncnn.Option`` attributes to set, e.g.
-    ``{"use_winograd_convolution": False}`` (INT8 on x86: 30.7 vs 33.0 ms at 640 px, ``bench/latency.py``)."""
+    ``{"use_winograd_convolution": False}``."""
 
     def __init__(self, param, bin=None, int8: bool | None = None, threads: int = 2, fp16: bool = False,
                  options: dict | None = None):
