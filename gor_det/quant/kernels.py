@@ -40,31 +40,31 @@ def _lsq_forward(x: torch.Tensor, scale: torch.Tensor, zero_point: torch.Tensor,
     return (q - zero_point) * scale
 
 
-def _lsq_backward(grad: torch.Tensor, x: torch.Tensor, scale: torch.Tensor, zero_point: torch.Tensor, qmin: float,
-                  qmax: float):
-    """``(dL/dx, sum of dL/ds before the LSQ factor)`` of :func:`_lsq_forward` (formulas: gor_det.quant.numerics)."""
+def _lsq_grads(grad, x, scale, zero_point, qmin: float, qmax: float):
+    """Elementwise ``(dL/dx, dL/ds before the sum and the LSQ factor)`` of :func:`_lsq_forward` (formulas:
+    gor_det.quant.numerics); ``scale``/``zero_point`` broadcast against ``x``."""
     inv = 1.0 / scale
     # PyTorch's backward rounds x/s + z (its forward: round(x/s) + z); they differ only on ties of an asymmetric
     # quantizer, and the gradient here follows PyTorch's backward exactly
     r = torch.round(x * inv + zero_point)
     below, above = r < qmin, r > qmax
-    inside = ~(below | above)
-    grad_x = torch.where(inside, grad, 0.0)
+    grad_x = torch.where(below | above, 0.0, grad)
     xq = (torch.clamp(r, qmin, qmax) - zero_point) * scale
     ds = torch.where(below, qmin - zero_point, torch.where(above, qmax - zero_point, (xq - x) * inv))
-    return grad_x, (grad * ds).sum()
+    return grad_x, grad * ds
 
 
-def _lsq_pc_backward(grad: torch.Tensor, x: torch.Tensor, scale: torch.Tensor, zero_point: torch.Tensor, qmin: float,
-                     qmax: float):
-    """Per-channel (axis 0) :func:`_lsq_backward`: ``scale``/``zero_point`` shaped (C, 1, ...) against ``x``; the
-    step-size gradient is summed per channel, shape (C,)."""
-    grad_x, _ = _lsq_backward(grad, x, scale, zero_point, qmin, qmax)
-    inv = 1.0 / scale
-    r = torch.round(x * inv + zero_point)
-    xq = (torch.clamp(r, qmin, qmax) - zero_point) * scale
-    ds = torch.where(r < qmin, qmin - zero_point, torch.where(r > qmax, qmax - zero_point, (xq - x) * inv))
-    return grad_x, (grad * ds).reshape(x.shape[0], -1).sum(1)
+def _lsq_backward(grad, x, scale, zero_point, qmin: float, qmax: float):
+    """Per tensor: ``(dL/dx, dL/ds summed over x, before the LSQ factor)``."""
+    grad_x, grad_s = _lsq_grads(grad, x, scale, zero_point, qmin, qmax)
+    return grad_x, grad_s.sum()
+
+
+def _lsq_pc_backward(grad, x, scale, zero_point, qmin: float, qmax: float):
+    """Per channel (axis 0; ``scale``/``zero_point`` shaped (C, 1, ...)): the step-size gradient summed per channel,
+    shape (C,)."""
+    grad_x, grad_s = _lsq_grads(grad, x, scale, zero_point, qmin, qmax)
+    return grad_x, grad_s.reshape(x.shape[0], -1).sum(1)
 
 
 def _div_backward(grad: torch.Tensor, z: torch.Tensor, f: torch.Tensor):
@@ -75,12 +75,12 @@ def _div_backward(grad: torch.Tensor, z: torch.Tensor, f: torch.Tensor):
 
 def _warm_up_args():
     x, one = torch.linspace(-2, 2, 120).reshape(2, 3, 4, 5), torch.ones(1)  # (B, C, H, W) and a per-tensor scale
-    f = torch.tensor([0.5, 1.0, 2.0])
+    xc, f = x.reshape(3, 2, 4, 5), torch.tensor([0.5, 1.0, 2.0])  # a (Cout, Cin, kh, kw) weight, per-channel factors
     return {
         "lsq_fwd": (x, one * 0.1, one * 0, -8.0, 7.0),
-        "lsq_pc_fwd": (x.reshape(3, 2, 4, 5), f.reshape(3, 1, 1, 1) * 0.1, f.reshape(3, 1, 1, 1) * 0, -7.0, 7.0),
+        "lsq_pc_fwd": (xc, f.reshape(3, 1, 1, 1) * 0.1, f.reshape(3, 1, 1, 1) * 0, -7.0, 7.0),
         "lsq_bwd": (x, x, one * 0.1, one * 0, -8.0, 7.0),
-        "lsq_pc_bwd": (x.reshape(3, 2, 4, 5), x.reshape(3, 2, 4, 5), f.reshape(3, 1, 1, 1) * 0.1, f.reshape(3, 1, 1, 1) * 0, -7.0, 7.0),
+        "lsq_pc_bwd": (xc, xc, f.reshape(3, 1, 1, 1) * 0.1, f.reshape(3, 1, 1, 1) * 0, -7.0, 7.0),
         "div_bwd": (x, x, f),
     }
 
