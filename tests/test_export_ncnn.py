@@ -184,3 +184,26 @@ def test_ncnn_int8_keeps_asymmetric_layers_float(tmp_path):
     with torch.no_grad():
         ref = dep(torch.from_numpy(x)).numpy()
     assert not be.int8 and np.abs(be(x)[:, 4:] - ref[:, 4:]).max() < 0.05  # float NCNN vs fake-quant torch
+
+
+def test_unused_modules_are_those_not_reaching_the_output():
+    """The dead-code filter behind the YOLO26 case: a conv computed but not returned is unused; one on the output path
+    is not (so a genuinely unmatched conv still raises in export_ncnn_int8)."""
+    from torch import nn
+
+    from gor_det.export.ncnn_export import _unused_modules
+
+    class TwoBranches(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.used, self.dead = nn.Conv2d(3, 4, 3, padding=1), nn.Conv2d(3, 4, 3, padding=1)
+
+        def forward(self, x):
+            self.dead(x)  # computed, not returned (like the one-to-one head branch in export mode)
+            return self.used(x)
+
+    m = TwoBranches()
+    assert _unused_modules(m, {"used", "dead"}, 16) == {"dead"}
+    assert _unused_modules(m, {"dead"}, 16) == {"dead"}
+    assert _unused_modules(m, {"used"}, 16) == set()
+    assert m.used.weight.grad is None  # worked on a copy

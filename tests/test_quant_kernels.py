@@ -20,7 +20,7 @@ def test_compiled_kernel_equals_pytorch_kernel(bits, symmetric):
         x[..., 0].data.copy_(torch.arange(x[..., 0].numel()).reshape(x[..., 0].shape) * 0.25)  # exact ties at s=0.5
         gy = torch.randn(shape, generator=gen)
         outs = []
-        for f in (kernels.LSQPerTensor.apply, torch._fake_quantize_learnable_per_tensor_affine):
+        for f in (lambda *a: kernels.LSQ.apply(*a, False), torch._fake_quantize_learnable_per_tensor_affine):
             xi = x.detach().clone().requires_grad_(True)
             s = torch.tensor([0.5 if bits == 8 else 0.9], requires_grad=True)
             y = f(xi, s, z, qmin, qmax, 0.01)
@@ -43,7 +43,7 @@ def test_compiled_per_channel_equals_pytorch_kernel(shape):
         qmin, qmax = qrange(bits, True, narrow=True)
         s0 = (torch.rand(c, generator=gen) * 0.03 + 0.005)
         outs = []
-        for f in (kernels.LSQPerChannel.apply,
+        for f in (lambda *a: kernels.LSQ.apply(*a, True),
                   lambda *a: torch._fake_quantize_learnable_per_channel_affine(*a[:3], 0, *a[3:])):
             xi, s = x.clone().requires_grad_(True), s0.clone().requires_grad_(True)
             y = f(xi, s, torch.zeros(c), qmin, qmax, 0.05)
@@ -63,7 +63,7 @@ def test_compile_failure_falls_back_to_pytorch_kernel(monkeypatch):
     x = torch.randn(2, 3, 4, 4, requires_grad=True)
     s = torch.tensor([0.1], requires_grad=True)
     with pytest.warns(UserWarning, match="no C\\+\\+ compiler"):
-        y = kernels.fake_quant_per_tensor(x, s, torch.zeros(1), -128, 127, 0.01)
+        y = kernels.lsq_fake_quant(x, s, torch.zeros(1), -128, 127, 0.01, False)
     y.sum().backward()
     assert "failed" in kernels._COMPILED and not kernels.fast_kernel_wanted(x)
     ref = torch._fake_quantize_learnable_per_tensor_affine(x.detach(), s.detach(), torch.zeros(1), -128, 127, 0.01)

@@ -396,6 +396,8 @@ def _unused_modules(model: nn.Module, names: set, imgsz) -> set:
         w.requires_grad_(True)
     y = m(_dummy(m, imgsz))
     y = y[0] if isinstance(y, (list, tuple)) else y
+    if not y.requires_grad:  # none of them reaches the output
+        return set(ws)
     y.float().sum().backward()
     return {n for n, w in ws.items() if w.grad is None}
 
@@ -460,8 +462,9 @@ def export_ncnn_int8(deploy_model: nn.Module, imgsz, out_dir, write_table: bool 
         res.quantized.append((la.name, mname))
     for reason, names in kept_float.items():
         warnings.warn(f"NCNN INT8: {len(names)} quantized conv(s) stay float ({reason}): {names[:4]}...", stacklevel=2)
-    # quantized convs the exported forward never runs (YOLO26's one-to-one branch: export keeps the one-to-many one)
-    missing = sorted(set(info) - used - _unused_modules(float_model, set(info), imgsz))
+    missing = set(info) - used
+    if missing:  # dead code pnnx dropped is not missing (YOLO26's one-to-one branch: export keeps the one-to-many one)
+        missing = sorted(missing - _unused_modules(float_model, missing, imgsz))
     if missing:
         raise ValueError(f"NCNN INT8: no pnnx conv layer matches the weights of {missing[:5]} ({len(missing)} total)")
 

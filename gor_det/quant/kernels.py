@@ -12,9 +12,9 @@ Each kernel here does its forward in one pass and its backward in one pass (grad
 per process with dynamic shapes (inductor, C++; about 10-30 s on first use, cached on disk after that). They serve
 training on CPU only: CUDA (untested here), ``no_grad`` evaluation, tracing and ONNX export use the eager ops.
 
-* :func:`fake_quant_per_tensor`: the LSQ per-tensor fake quantizer. Forward values and input gradient bit-identical to
-  ``torch._fake_quantize_learnable_per_tensor_affine``; step-size gradient equal up to float summation order.
-* :func:`fake_quant_per_channel`: the same per output channel (weights), against the per-channel kernel.
+* :func:`lsq_fake_quant`: the LSQ fake quantizer, per tensor (activations) or per output channel (weights). Forward values
+  and input gradient bit-identical to ``torch._fake_quantize_learnable_per_{tensor,channel}_affine``; step-size
+  gradient equal up to float summation order.
 * :func:`divide_channels`: ``y / f[None, :, None, None]``, in place, backward compiled. Forward bit-identical to the
   eager division; gradients equal up to rounding.
 
@@ -78,15 +78,13 @@ def _warm_up_args():
     xc, f = x.reshape(3, 2, 4, 5), torch.tensor([0.5, 1.0, 2.0])  # a (Cout, Cin, kh, kw) weight, per-channel factors
     return {
         "lsq_fwd": (x, one * 0.1, one * 0, -8.0, 7.0),
-        "lsq_pc_fwd": (xc, f.reshape(3, 1, 1, 1) * 0.1, f.reshape(3, 1, 1, 1) * 0, -7.0, 7.0),
         "lsq_bwd": (x, x, one * 0.1, one * 0, -8.0, 7.0),
         "lsq_pc_bwd": (xc, xc, f.reshape(3, 1, 1, 1) * 0.1, f.reshape(3, 1, 1, 1) * 0, -7.0, 7.0),
         "div_bwd": (x, x, f),
     }
 
 
-_PLAIN = {"lsq_fwd": _lsq_forward, "lsq_bwd": _lsq_backward, "lsq_pc_fwd": _lsq_forward, "lsq_pc_bwd": _lsq_pc_backward,
-          "div_bwd": _div_backward}
+_PLAIN = {"lsq_fwd": _lsq_forward, "lsq_bwd": _lsq_backward, "lsq_pc_bwd": _lsq_pc_backward, "div_bwd": _div_backward}
 _COMPILED: dict = {}  # name -> compiled function, or "failed" -> the reason
 
 
@@ -130,50 +128,31 @@ def _with_fallback(fast, eager):
 # ----------------------------------------------------------------------------------------------------------------------
 # autograd functions and their entry points
 # ----------------------------------------------------------------------------------------------------------------------
-class LSQPerTensor(torch.autograd.Function):
-    """Per-tensor LSQ fake quantization with the compiled forward and backward.
+class LSQ(torch.autograd.Function):
+    """LSQ fake quantization, per tensor or per channel (axis 0), with the compiled forward and backward.
 
-    ``apply(x, scale, zero_point, qmin, qmax, grad_factor)``: ``x`` float32 any shape, ``scale`` shape ``(1,)`` (> 0),
-    ``zero_point`` shape ``(1,)`` (integer-valued, not trained); returns ``Q(x)``; gradients for ``x`` and ``scale``
-    (the latter multiplied by ``grad_factor``, the LSQ gradient scale).
+    ``apply(x, scale, zero_point, qmin, qmax, grad_factor, per_channel)``: ``x`` float32 (per channel: (C, ...));
+    ``scale`` > 0 and ``zero_point`` (integer-valued, not trained) of shape ``(1,)``, or ``(C,)`` per channel. Returns
+    ``Q(x)``; gradients for ``x`` and ``scale`` (the latter times ``grad_factor``, the LSQ gradient scale).
     """
 
     @staticmethod
-    def forward(ctx, x, scale, zero_point, qmin, qmax, grad_factor):
+    def forward(ctx, x, scale, zero_point, qmin, qmax, grad_factor, per_channel):
+        if per_channel:  # (C,) -> (C, 1, ...) against x
+            shape = (-1,) + (1,) * (x.dim() - 1)
+            scale, zero_point = scale.reshape(shape), zero_point.reshape(shape)
         ctx.save_for_backward(x, scale, zero_point)
-        ctx.q = (float(qmin), float(qmax), float(grad_factor))
+        ctx.q = (float(qmin), float(qmax), float(grad_factor), bool(per_channel))
         return _compiled("lsq_fwd")(x, scale, zero_point, float(qmin), float(qmax))
 
     @staticmethod
     def backward(ctx, grad):
         x, scale, zero_point = ctx.saved_tensors
-        qmin, qmax, grad_factor = ctx.q
-        grad_x, grad_s = _compiled("lsq_bwd")(grad.contiguous(), x, scale, zero_point, qmin, qmax)
+        qmin, qmax, grad_factor, per_channel = ctx.q
+        grad_x, grad_s = _compiled("lsq_pc_bwd" if per_channel else "lsq_bwd")(
+            grad.contiguous(), x, scale, zero_point, qmin, qmax)
         # the LSQ factor differs per layer: applied here, outside the compiled graph, so it does not recompile
-        return grad_x, (grad_s * grad_factor).reshape(scale.shape), None, None, None, None
-
-
-class LSQPerChannel(torch.autograd.Function):
-    """Per-channel (axis 0) LSQ fake quantization with the compiled forward and backward.
-
-    ``apply(x, scale, zero_point, qmin, qmax, grad_factor)``: ``x`` float32 (C, ...), ``scale`` (C,) > 0, ``zero_point``
-    (C,) integer-valued, not trained; gradients for ``x`` and ``scale`` (times ``grad_factor``).
-    """
-
-    @staticmethod
-    def forward(ctx, x, scale, zero_point, qmin, qmax, grad_factor):
-        shape = (-1,) + (1,) * (x.dim() - 1)
-        s, z = scale.reshape(shape), zero_point.reshape(shape)
-        ctx.save_for_backward(x, s, z)
-        ctx.q = (float(qmin), float(qmax), float(grad_factor))
-        return _compiled("lsq_pc_fwd")(x, s, z, float(qmin), float(qmax))
-
-    @staticmethod
-    def backward(ctx, grad):
-        x, s, z = ctx.saved_tensors
-        qmin, qmax, grad_factor = ctx.q
-        grad_x, grad_s = _compiled("lsq_pc_bwd")(grad.contiguous(), x, s, z, qmin, qmax)
-        return grad_x, grad_s * grad_factor, None, None, None, None
+        return grad_x, (grad_s * grad_factor).reshape(-1), None, None, None, None, None
 
 
 class DivideChannels(torch.autograd.Function):
@@ -198,27 +177,17 @@ class DivideChannels(torch.autograd.Function):
         return _compiled("div_bwd")(grad.contiguous(), z, f)
 
 
-def fake_quant_per_tensor(x, scale, zero_point, qmin: int, qmax: int, grad_factor: float) -> torch.Tensor:
-    """LSQ per-tensor fake quantization (``torch._fake_quantize_learnable_per_tensor_affine``'s arguments): the
-    compiled :class:`LSQPerTensor` where :func:`fast_kernel_wanted`, else PyTorch's kernel."""
+def lsq_fake_quant(x, scale, zero_point, qmin: int, qmax: int, grad_factor: float, per_channel: bool) -> torch.Tensor:
+    """LSQ fake quantization with ``torch._fake_quantize_learnable_per_{tensor,channel}_affine``'s arguments (per
+    channel: axis 0): the compiled :class:`LSQ` where :func:`fast_kernel_wanted`, else PyTorch's kernel."""
 
     def eager():
+        if per_channel:
+            return torch._fake_quantize_learnable_per_channel_affine(x, scale, zero_point, 0, qmin, qmax, grad_factor)
         return torch._fake_quantize_learnable_per_tensor_affine(x, scale, zero_point, qmin, qmax, grad_factor)
 
-    if fast_kernel_wanted(x):
-        return _with_fallback(lambda: LSQPerTensor.apply(x, scale, zero_point, qmin, qmax, grad_factor), eager)
-    return eager()
-
-
-def fake_quant_per_channel(x, scale, zero_point, qmin: int, qmax: int, grad_factor: float) -> torch.Tensor:
-    """LSQ per-channel fake quantization on axis 0 (``torch._fake_quantize_learnable_per_channel_affine`` with
-    ``axis=0``): the compiled :class:`LSQPerChannel` where :func:`fast_kernel_wanted`, else PyTorch's kernel."""
-
-    def eager():
-        return torch._fake_quantize_learnable_per_channel_affine(x, scale, zero_point, 0, qmin, qmax, grad_factor)
-
-    if fast_kernel_wanted(x) and x.dim() >= 2:
-        return _with_fallback(lambda: LSQPerChannel.apply(x, scale, zero_point, qmin, qmax, grad_factor), eager)
+    if fast_kernel_wanted(x) and (x.dim() >= 2 or not per_channel):
+        return _with_fallback(lambda: LSQ.apply(x, scale, zero_point, qmin, qmax, grad_factor, per_channel), eager)
     return eager()
 
 

@@ -137,17 +137,16 @@ class QConvBn2d(QuantModule):
         x = self.act_q(x.float())
         f = self.fold_factor()
         w = self.weight_q(self.weight_to_quantize(f))
-        f = f.reshape(-1, 1, 1, 1)
         if self.training and not self.bn_frozen:
             y = self.conv._conv_forward(x, w, None)
             if self.fold:  # undo the fold so BN can normalise with the batch statistics (torch.ao's ConvBn2d)
-                y = divide_channels(y, torch.where(f.abs() > 1e-12, f, torch.full_like(f, 1e-12)).reshape(-1))
+                y = divide_channels(y, torch.where(f.abs() > 1e-12, f, 1e-12))
             if self.conv.bias is not None:
                 y = y + self.conv.bias.reshape(1, -1, 1, 1)
             y = self.bn(y)
         else:  # deploy form
             if not self.fold:
-                w = w * f
+                w = w * f.reshape(-1, 1, 1, 1)
             y = self.conv._conv_forward(x, w, self.folded_bias())
         return y.to(dtype)
 

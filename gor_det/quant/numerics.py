@@ -32,7 +32,7 @@ These are exactly the definitions of PyTorch's ``torch._fake_quantize_learnable_
 (``grad_factor`` = g), which :class:`FakeQuantizer` calls; ``tests/test_quant_numerics.py`` checks forward and both
 gradients against a float64 reference written from the formulas above.
 
-Training on CPU, per-tensor activations go through :func:`gor_det.quant.kernels.fake_quant_per_tensor` instead: the
+Training on CPU, both go through :func:`gor_det.quant.kernels.lsq_fake_quant` instead: the
 same forward and input gradient bit for bit, the step-size gradient up to float summation order, in fewer passes
 (see that module).
 
@@ -59,7 +59,7 @@ import math
 import torch
 from torch import nn
 
-from gor_det.quant.kernels import fake_quant_per_channel, fake_quant_per_tensor
+from gor_det.quant.kernels import lsq_fake_quant
 
 SCALE_MIN = 1e-8  # floor of a calibrated step size (an all-zero channel must not give log(0))
 SAMPLES_PER_CALL = 2**14  # values kept per observe() call and row, for percentile / mse
@@ -225,11 +225,9 @@ class FakeQuantizer(Float32Module):
         s = self.scale if self.learn_scale else self.scale.detach()
         n = x.numel() // max(1, s.numel())
         g = 1.0 / math.sqrt(max(1, n) * self.qmax)  # LSQ gradient scale
-        if self.channels is None:
-            y = fake_quant_per_tensor(x, s.reshape(1), self.zero_point.reshape(1), self.qmin, self.qmax, g)
-        else:
-            y = fake_quant_per_channel(x, s, self.zero_point, self.qmin, self.qmax, g)
-        return y.to(dtype)
+        per_channel = self.channels is not None
+        s, z = (s, self.zero_point) if per_channel else (s.reshape(1), self.zero_point.reshape(1))
+        return lsq_fake_quant(x, s, z, self.qmin, self.qmax, g, per_channel).to(dtype)
 
     def int_codes(self, x: torch.Tensor) -> torch.Tensor:
         """Integer codes ``q(x) - z`` of ``x`` as a float32 tensor (what deploy stores), recovered from the kernel's
