@@ -5,11 +5,13 @@
 
 Each table in DOCS is the block from its ``| run | seeds |`` header to the ``Date:`` line below it; it is replaced
 by :func:`run.table` over the listed rows (every seed found), the command that regenerates it, the machine and the
-dates the rows were run. Rows that have not been run are left out of the table.
+dates the rows were run. Rows that have not been run are left out of the table. In docs/gor.md it also rewrites the
+block between ``<!-- gor-weights -->`` markers: the balance weights GoR rows ended at.
 """
 
 from __future__ import annotations
 
+import csv
 import json
 import platform
 import sys
@@ -54,7 +56,35 @@ def block(names: list[str], ref: str | None) -> str:
             f"{ultralytics.__version__}  \nDate: rows run on {', '.join(days)}")
 
 
+GOR_RUNS = ["kd_gor_w8a8", "kd_gornorm_w8a8", "ekd_gor_w8a8", "kd_gor_fp", "kd_gor_w4a4"]  # learned-balance rows
+TASK, KD = ("box_loss", "cls_loss", "dfl_loss"), ("kd_feat", "kd_cls", "kd_box")
+
+
+def gor_weights_block() -> str:
+    """Balance weights and per-image losses of the last epoch of every GoR row (``results.csv``): what the learned
+    balance settled at, and the ratio it amounts to."""
+    lines = ["| run | seed | w_task | w_kd | w_kd / w_task | L_task | L_kd | L_task / L_kd |",
+             "|---|---|---|---|---|---|---|---|"]
+    for n in GOR_RUNS:
+        for f in sorted((OUT / n).glob("seed*/results.csv")):
+            with open(f) as fh:
+                last = {k.strip(): float(v) for k, v in list(csv.DictReader(fh))[-1].items()}
+            w_t, w_k = last["train/w_task"], last["train/w_kd"]
+            l_t, l_k = (sum(last[f"train/{k}"] for k in keys) for keys in (TASK, KD))
+            lines.append(f"| {n} | {f.parent.name[4:]} | {w_t:.3f} | {w_k:.3f} | {w_k / w_t:.2f} | {l_t:.2f} | "
+                         f"{l_k:.3f} | {l_t / l_k:.2f} |")
+    return "\n".join(lines) + "\n\nLast epoch of each run's `results.csv` (train columns); this table: `python bench/fill_docs.py`"
+
+
+def replace_between(text: str, tag: str, body: str) -> str:
+    start, end = f"<!-- {tag} -->", f"<!-- /{tag} -->"
+    a, b = text.index(start) + len(start), text.index(end)
+    return text[:a] + "\n" + body + "\n" + text[b:]
+
+
 def main():
+    gor = ROOT / "docs/gor.md"
+    gor.write_text(replace_between(gor.read_text(), "gor-weights", gor_weights_block()))
     for doc, names in DOCS.items():
         p = ROOT / doc
         lines = p.read_text().splitlines()

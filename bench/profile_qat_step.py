@@ -1,9 +1,12 @@
 #!/usr/bin/env python
 """Where the time of one W8A8 QAT training step goes on CPU (torch.profiler, self CPU time per op).
 
-    python bench/profile_qat_step.py --imgsz 192 --batch 16 --threads 2
+    python bench/profile_qat_step.py --kernel torch     # PyTorch's fake-quant ops
+    python bench/profile_qat_step.py --kernel auto      # gor_det's compiled kernels (the default in training)
 
-Prints the top ops and the share of the step spent in fake-quantization kernels.
+Profiles the step that bench/qat_step_time.py times (forward + Ultralytics loss + backward + AdamW, random batch)
+after 2 warm-up steps; prints the top ops and the share of the step's self CPU time spent in fake quantization
+(PyTorch's ``fake_quantize*`` ops, or gor_det's ``LSQ`` autograd function and its compiled graphs).
 """
 
 from __future__ import annotations
@@ -14,6 +17,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from kd_overhead import fake_batch  # noqa: E402  (bench/ is sys.path[0] when run as a script)
+from qat_step_time import NC, build_student, stepper  # noqa: E402
+
 import gor_det  # noqa: E402,F401
 
 
@@ -23,25 +29,17 @@ def main():
     ap.add_argument("--imgsz", type=int, default=192)
     ap.add_argument("--batch", type=int, default=16)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--kernel", choices=("torch", "auto"), default="torch", help="GOR_DET_FQ_KERNEL for the step")
     a = ap.parse_args()
     import torch
     from torch.profiler import ProfilerActivity, profile
-    from ultralytics.nn.tasks import DetectionModel
 
     from gor_det.config import QuantCfg
-    from gor_det.quant import calibrate, prepare_qat
 
     torch.set_num_threads(a.threads)
-    m = DetectionModel(a.model, nc=12, verbose=False)
-    x = torch.rand(a.batch, 3, a.imgsz, a.imgsz)
-    prepare_qat(m, QuantCfg())
-    calibrate(m.eval(), lambda mm: mm(x[:4]), QuantCfg())
-    m.train()
-
-    def step():
-        y = m(x)
-        (y["boxes"].float().mean() + y["scores"].mean()).backward()
-
+    torch.manual_seed(0)
+    batch = fake_batch(a.batch, a.imgsz, NC)
+    step = stepper(build_student(a.model, NC, batch["img"][:4], QuantCfg()), batch, a.kernel)
     for _ in range(2):
         step()
     with profile(activities=[ProfilerActivity.CPU]) as prof:
@@ -49,8 +47,9 @@ def main():
     events = prof.key_averages()
     print(events.table(sort_by="self_cpu_time_total", row_limit=12))
     total = sum(e.self_cpu_time_total for e in events)
-    fq = sum(e.self_cpu_time_total for e in events if "fake_quantize" in e.key)
-    print(f"fake-quant kernels: {fq / total:.0%} of the step's self CPU time")
+    marks = ("fake_quantize",) if a.kernel == "torch" else ("LSQ", "CompiledFxGraph")
+    fq = sum(e.self_cpu_time_total for e in events if any(k in e.key for k in marks))
+    print(f"fake quantization ({a.kernel} kernels): {fq / total:.0%} of the step's self CPU time ({total / 1e3:.0f} ms)")
 
 
 if __name__ == "__main__":

@@ -143,10 +143,15 @@ def mean_std(xs):
     return f"{statistics.mean(xs):.4g} ± {statistics.stdev(xs):.2g}"
 
 
+def per_seed(xs: list[float], fmt: str) -> str:
+    """``a / b / ...`` in seed order ("-" for a missing value)."""
+    return " / ".join("-" if x != x else format(x, fmt) for x in xs)
+
+
 def table(rows: list[dict], names: list[str], ref: str | None = None) -> str:
-    """Markdown table, one line per run name: mean ± std over seeds, the per-seed mAP50-95 (seed order), and with
-    ``ref`` the mean over seeds of the paired difference ``run - ref`` (same seed = same FP starting point), in
-    mAP50-95 points (x100)."""
+    """Markdown table, one line per run name: mean ± std over seeds, the per-seed mAP50-95 and s/iteration (seed
+    order; s/iteration per seed because rows may have run under different conditions), and with ``ref`` the paired
+    per-seed difference ``run - ref`` (same seed = same FP starting point) and its mean, in mAP50-95 points (x100)."""
     refs = {r.get("seed", 0): r["mAP50-95"] for r in rows if r["name"] == ref}
     head = "| run | seeds | mAP50-95 (pycocotools) | per seed |" + (f" vs {ref} (points, paired) |" if ref else "")
     head += " mAP50 | Ultralytics val mAP50-95 | wall time (s) | s/iteration |\n"
@@ -159,14 +164,14 @@ def table(rows: list[dict], names: list[str], ref: str | None = None) -> str:
         def col(k, rs=rs):
             return mean_std([r.get(k, float("nan")) for r in rs])
 
-        per_seed = " / ".join(f"{r['mAP50-95']:.4f}" for r in rs)
         delta = ""
         if ref:
             d = [100 * (r["mAP50-95"] - refs[r.get("seed", 0)]) for r in rs if r.get("seed", 0) in refs]
-            delta = (" " + " / ".join(f"{x:+.2f}" for x in d) + (f" (mean {statistics.mean(d):+.2f})" if len(d) > 1
-                                                                  else "") + " |") if d else " - |"
-        lines.append(f"| {n} | {len(rs)} | {col('mAP50-95')} | {per_seed} |{delta} {col('mAP50')} | "
-                     f"{col('ul_mAP50-95')} | {col('wall_s')} | {col('s_per_it')} |")
+            mean = f" (mean {statistics.mean(d):+.2f})" if len(d) > 1 else ""
+            delta = f" {per_seed(d, '+.2f')}{mean} |" if d else " - |"
+        lines.append(f"| {n} | {len(rs)} | {col('mAP50-95')} | {per_seed([r['mAP50-95'] for r in rs], '.4f')} |{delta} "
+                     f"{col('mAP50')} | {col('ul_mAP50-95')} | {col('wall_s')} | "
+                     f"{per_seed([r.get('s_per_it', float('nan')) for r in rs], '.3f')} |")
     return head + "\n".join(lines) + "\n"
 
 
