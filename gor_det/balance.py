@@ -39,6 +39,26 @@ Methods (``gor.balance.method``):
   is that of ``obj``, i.e. the ``gor`` objective, so they converge to the same ``s* = log L``, where
   ``w = (L_t + L_k) / (2 L)`` per term. ``c = 1`` if the denominator is 0.
 
+* ``gor_grad``: the same two scalars and the same log-variance game, played on the magnitudes of the two losses'
+  *gradients* on the features the losses share (the maps feeding the Detect head, ``F``) instead of on the loss values:
+
+  .. math::
+
+      n_t = \lVert \partial L_t / \partial F \rVert_2, \quad n_k = \lVert \partial L_k / \partial F \rVert_2, \quad
+      \bar n = (n_t + n_k) / 2 \quad \text{(all detached, measured on the batch)},
+
+      obj = e^{-s_t}\, n_t / \bar n + e^{-s_k}\, n_k / \bar n + s_t + s_k, \qquad
+      total = w_t L_t + w_k L_k + (obj - \mathrm{sg}[obj]), \quad w = \mathrm{sg}[e^{-s}].
+
+  ``d obj / d s = 1 - e^{-s} n / \bar n`` vanishes at ``s* = log(n / n̄)``, where ``w_t n_t = w_k n_k = n̄``: both
+  players move the shared features by the same amount (GradNorm's balance condition, Chen et al. 2018, with the
+  ``+ s`` regularizer of GoR instead of a renormalisation), and the weighted gradient keeps the size ``n_t + n_k`` of
+  the unweighted one. Why: what decides how much each term steers the student is its gradient, not its value; loss
+  values carry arbitrary units and gains (Ultralytics' box gain 7.5, a CWD temperature), gradient norms on the
+  shared features do not. The criterion measures ``n_t, n_k`` with two extra backward passes through the head
+  (``gradient_norms``) and passes them as ``losses["gnorm_task"]``, ``losses["gnorm_kd"]``; without them (validation,
+  ``no_grad``) the weights in force are returned and ``obj`` is 0.
+
 Storage (``make_gor_params``): a *plain* ``torch.nn.Module()`` instance (no gor_det class, so checkpoints unpickle in
 stock Ultralytics) holding float32 Parameters ``s_task``, ``s_kd`` (shape ``()``) and an int32 buffer ``bits`` (shape
 ``(2,)``) with the exact float32 bit patterns of ``(s_task, s_kd)``. Ultralytics saves checkpoints with ``.half()``
@@ -61,6 +81,7 @@ __all__ = [
     "Balancer",
     "FixedBalancer",
     "GoRBalancer",
+    "gradient_norm",
     "NoKDBalancer",
     "gor_scalars",
     "make_balancer",
@@ -120,6 +141,18 @@ def gor_scalars(params: nn.Module) -> dict[str, float]:
     return {"s_task": float(params.s_task.detach().float()), "s_kd": float(params.s_kd.detach().float())}
 
 
+def gradient_norm(loss: torch.Tensor, wrt: list[torch.Tensor]) -> torch.Tensor:
+    """``||d loss / d wrt||_2`` over all tensors of ``wrt`` (detached float32 scalar; 0 if ``loss`` does not reach them).
+
+    The graph is kept (``retain_graph``) for the training backward that follows; nothing is accumulated in ``.grad``.
+    """
+    if not loss.requires_grad:
+        return loss.new_zeros((), dtype=torch.float32)
+    grads = torch.autograd.grad(loss, wrt, retain_graph=True, allow_unused=True)
+    sq = [g.detach().float().pow(2).sum() for g in grads if g is not None]
+    return torch.stack(sq).sum().sqrt() if sq else loss.new_zeros((), dtype=torch.float32)
+
+
 # --------------------------------------------------------------------------------------------------------------------
 # Balancers
 # --------------------------------------------------------------------------------------------------------------------
@@ -169,11 +202,12 @@ class GoRBalancer:
 
     Args:
         params: the module holding the scalars (it must be in the optimizer, without weight decay).
-        form: ``"gor"`` (log-variance form) or ``"gor_norm"`` (same scalars, weights rescaled so the weighted sum
-            equals ``L_t + L_k`` in value). See the module docstring for the formulas.
+        form: ``"gor"`` (log-variance form), ``"gor_norm"`` (same scalars, weights rescaled so the weighted sum
+            equals ``L_t + L_k`` in value) or ``"gor_grad"`` (the log-variance game on the two losses' gradient norms,
+            ``losses["gnorm_task"]`` / ``losses["gnorm_kd"]``). See the module docstring for the formulas.
     """
 
-    FORMS = ("gor", "gor_norm")
+    FORMS = ("gor", "gor_norm", "gor_grad")
 
     def __init__(self, params: nn.Module, form: str = "gor"):
         if form not in self.FORMS:
@@ -190,6 +224,16 @@ class GoRBalancer:
         if self.form == "gor":
             total = w_hat_t * lt + w_hat_k * lk + s_t + s_k
             return total, {"w_task": w_hat_t.detach(), "w_kd": w_hat_k.detach()}
+        if self.form == "gor_grad":
+            w_t, w_k = w_hat_t.detach(), w_hat_k.detach()
+            total = w_t * lt + w_k * lk
+            if "gnorm_task" in losses and "gnorm_kd" in losses:
+                n_t, n_k = _loss(losses, "gnorm_task").detach().float(), _loss(losses, "gnorm_kd").detach().float()
+                n_bar = (n_t + n_k) / 2
+                if bool(n_bar > 0):
+                    obj = (w_hat_t * n_t + w_hat_k * n_k) / n_bar + s_t + s_k
+                    total = total + (obj - obj.detach())
+            return total, {"w_task": w_t, "w_kd": w_k}
         # gor_norm
         lt_d, lk_d = lt.detach().float(), lk.detach().float()
         obj = w_hat_t * lt_d + w_hat_k * lk_d + s_t + s_k
@@ -202,9 +246,9 @@ class GoRBalancer:
 
 
 def make_balancer(cfg: BalanceCfg | None = None, params: nn.Module | None = None) -> Balancer:
-    """The balancer for ``gor.balance``: ``fixed`` | ``gor`` | ``gor_norm`` | ``none``.
+    """The balancer for ``gor.balance``: ``fixed`` | ``gor`` | ``gor_norm`` | ``gor_grad`` | ``none``.
 
-    For ``gor`` / ``gor_norm``, ``params`` are the model's scalars (``model.kd.gor``); None creates fresh ones from
+    For the GoR forms, ``params`` are the model's scalars (``model.kd.gor``); None creates fresh ones from
     ``cfg.w_task`` / ``cfg.w_kd`` (reachable as ``balancer.params``; they must then be registered for optimization).
     """
     cfg = cfg if cfg is not None else BalanceCfg()
@@ -214,4 +258,4 @@ def make_balancer(cfg: BalanceCfg | None = None, params: nn.Module | None = None
         return NoKDBalancer()
     if cfg.method in GoRBalancer.FORMS:
         return GoRBalancer(params if params is not None else make_gor_params(cfg.w_task, cfg.w_kd), form=cfg.method)
-    raise ValueError(f"gor.balance.method={cfg.method!r} is not one of fixed, gor, gor_norm, none")
+    raise ValueError(f"gor.balance.method={cfg.method!r} is not one of fixed, {', '.join(GoRBalancer.FORMS)}, none")

@@ -66,11 +66,12 @@ class BalanceCfg:
 
     ``fixed``: ``w_task * L_task + w_kd * L_kd`` (classical QAT+KD). ``gor``: two learnable log-scalars,
     ``exp(-s_t) L_task + exp(-s_k) L_kd + s_t + s_k``. ``gor_norm``: the same scalars, but the weights are rescaled so the
-    weighted sum equals ``L_task + L_kd`` in value (keeps Ultralytics' loss scale). ``none``: task loss only.
+    weighted sum equals ``L_task + L_kd`` in value (keeps Ultralytics' loss scale). ``gor_grad``: the same game on the
+    norms of the two losses' gradients on the Detect-head inputs (docs/gor.md). ``none``: task loss only.
     """
 
-    method: str = "gor"  # fixed | gor | gor_norm | none
-    w_task: float = 1.0  # fixed weights (method=fixed) and the initial weights of gor/gor_norm (s = -log w)
+    method: str = "gor"  # fixed | gor | gor_norm | gor_grad | none
+    w_task: float = 1.0  # fixed weights (method=fixed) and the initial weights of the GoR forms (s = -log w)
     w_kd: float = 1.0
     lr: float | None = 0.01  # own Adam/SGD lr of the two scalars (None: the trainer's lr). The scalars are log-weights:
     # at 0.01 they can travel to their optimum log(L) within a few hundred steps, which a fine-tuning lr (1e-4..1e-3)
@@ -133,7 +134,7 @@ class GorCfg:
 CHOICES = {
     "distill.feat_loss": ("cwd", "mse"),
     "distill.ensemble": ("mean_loss", "mean_target"),
-    "balance.method": ("fixed", "gor", "gor_norm", "none"),
+    "balance.method": ("fixed", "gor", "gor_norm", "gor_grad", "none"),
     "quant.calib": ("minmax", "percentile", "mse"),
 }
 

@@ -15,6 +15,7 @@ from gor_det.balance import (
     GoRBalancer,
     NoKDBalancer,
     gor_scalars,
+    gradient_norm,
     make_balancer,
     make_gor_params,
     restore_from_bits,
@@ -109,6 +110,59 @@ def test_gradients_gor_norm():
     assert float(total) == 0.0 and float(w["w_task"]) == pytest.approx(2.0)
 
 
+NT, NK = 0.6, 1.0  # gradient norms of L_t and L_k on the shared features (gor_grad)
+
+
+def test_gor_grad_converges_to_equal_gradient_norms():
+    bal = GoRBalancer(make_gor_params(), form="gor_grad")
+    opt = torch.optim.Adam(bal.params.parameters(), lr=0.05)
+    for step in range(1000):
+        if step == 600:
+            opt.param_groups[0]["lr"] = 0.005
+        total, w = bal({**_losses(), "gnorm_task": torch.tensor(NT), "gnorm_kd": torch.tensor(NK)})
+        opt.zero_grad()
+        total.backward()
+        opt.step()
+    n_bar = (NT + NK) / 2
+    # s* = log(n / n_bar): each weighted term moves the shared features by n_bar, together by n_t + n_k
+    assert float(bal.params.s_task) == pytest.approx(math.log(NT / n_bar), abs=2e-3)
+    assert float(bal.params.s_kd) == pytest.approx(math.log(NK / n_bar), abs=2e-3)
+    assert float(w["w_task"]) * NT == pytest.approx(n_bar, rel=3e-3) and float(w["w_kd"]) * NK == pytest.approx(n_bar, rel=3e-3)
+    # the value is the weighted sum of the losses (the scalars' objective contributes only its gradient)
+    assert float(total) == pytest.approx(float(w["w_task"]) * LT + float(w["w_kd"]) * LK, rel=1e-6)
+
+
+def test_gradients_gor_grad():
+    p = make_gor_params(w_task=2.0, w_kd=0.5)
+    x = torch.tensor(1.5, requires_grad=True)
+    lt, lk = 2 * x**2, 3 * x  # both 4.5; d/dx: 6 and 3
+    n_t, n_k = torch.tensor(0.3), torch.tensor(0.9)
+    total, w = GoRBalancer(p, "gor_grad")({"task": lt, "kd": lk, "gnorm_task": n_t, "gnorm_kd": n_k})
+    total.backward()
+    n_bar = 0.6
+    assert float(total) == pytest.approx(2.0 * 4.5 + 0.5 * 4.5, rel=1e-6)
+    assert float(w["w_task"]) == pytest.approx(2.0) and float(w["w_kd"]) == pytest.approx(0.5)
+    assert float(p.s_task.grad) == pytest.approx(1 - 2.0 * 0.3 / n_bar, rel=1e-5)
+    assert float(p.s_kd.grad) == pytest.approx(1 - 0.5 * 0.9 / n_bar, rel=1e-5)
+    assert float(x.grad) == pytest.approx(2.0 * 6 + 0.5 * 3, rel=1e-5)
+    # without the norms (validation): the weights in force, no gradient for the scalars
+    p.s_task.grad = p.s_kd.grad = None
+    total, w = GoRBalancer(p, "gor_grad")({"task": 2 * x**2, "kd": 3 * x})
+    total.backward()
+    assert float(total) == pytest.approx(11.25, rel=1e-6) and p.s_task.grad is None and p.s_kd.grad is None
+
+
+def test_gradient_norm():
+    a = torch.tensor([1.0, 2.0], requires_grad=True)
+    b = torch.tensor([[3.0]], requires_grad=True)
+    loss = (a**2).sum() + 2 * b.sum()  # gradients (2, 4) and (2,)
+    assert float(gradient_norm(loss, [a, b])) == pytest.approx(math.sqrt(4 + 16 + 4), rel=1e-6)
+    assert a.grad is None and b.grad is None  # nothing accumulated
+    loss.backward()  # the graph was kept for the training backward
+    assert float(gradient_norm((a * 3).sum(), [a, b])) == pytest.approx(math.sqrt(18), rel=1e-6)  # b unused
+    assert float(gradient_norm(torch.tensor(1.0), [a])) == 0.0  # no graph
+
+
 def test_fixed_and_none():
     total, w = FixedBalancer(2.0, 0.5)(_losses())
     assert float(total) == pytest.approx(2 * LT + 0.5 * LK) and float(w["w_task"]) == 2.0 and float(w["w_kd"]) == 0.5
@@ -122,7 +176,7 @@ def test_make_balancer():
     p = make_gor_params()
     assert isinstance(make_balancer(BalanceCfg(method="fixed", w_task=1, w_kd=3)), FixedBalancer)
     assert isinstance(make_balancer(BalanceCfg(method="none")), NoKDBalancer)
-    for m in ("gor", "gor_norm"):
+    for m in ("gor", "gor_norm", "gor_grad"):
         b = make_balancer(BalanceCfg(method=m), p)
         assert isinstance(b, GoRBalancer) and b.form == m and b.params is p and isinstance(b, Balancer)
     b = make_balancer(BalanceCfg(method="gor", w_task=1.0, w_kd=0.1))

@@ -148,10 +148,8 @@ def test_qat_train_checkpoint_resume_bit_exact(tiny_data, tmp_path, bits):
         assert torch.equal(seen["ema"][k], v), k
 
 
-def test_val_kd_switch_skips_teachers_in_validation(tiny_data, teacher_pt, monkeypatch):
-    """distill.val_kd=false: no teacher forward under no_grad (Ultralytics' validator), val/kd_* logged as 0; training
-    batches still distil; val_kd=true runs the teachers in validation too."""
-    import yaml
+def kd_student(names, teacher_pt, gor):
+    """A yolov8n student with ``model.kd`` and the KD criterion attached (no trainer), and a 2-image batch."""
     from ultralytics.nn.tasks import DetectionModel
     from ultralytics.utils import DEFAULT_CFG_DICT, IterableSimpleNamespace
 
@@ -160,12 +158,7 @@ def test_val_kd_switch_skips_teachers_in_validation(tiny_data, teacher_pt, monke
     from gor_det.engine.criterion import attach_kd_criterion
     from gor_det.engine.teachers import TeacherSet
 
-    names = yaml.safe_load(open(tiny_data))["names"]
-    gor = parse_gor({"teachers": [teacher_pt], "distill": {"val_kd": False}})
     teachers = TeacherSet(gor.teachers, names)
-    calls = []
-    forward = TeacherSet.__call__
-    monkeypatch.setattr(TeacherSet, "__call__", lambda self, x: calls.append(1) or forward(self, x))
     torch.manual_seed(0)
     student = DetectionModel("yolov8n.yaml", nc=len(names), verbose=False)
     student.names, student.args = names, IterableSimpleNamespace(**DEFAULT_CFG_DICT)
@@ -176,6 +169,23 @@ def test_val_kd_switch_skips_teachers_in_validation(tiny_data, teacher_pt, monke
     attach_kd_criterion(student, teachers, gor)
     batch = {"img": img, "batch_idx": torch.tensor([0.0, 1.0]), "cls": torch.tensor([[0.0], [1.0]]),
              "bboxes": torch.tensor([[0.5, 0.5, 0.3, 0.3], [0.4, 0.4, 0.2, 0.2]])}
+    return student, batch
+
+
+def test_val_kd_switch_skips_teachers_in_validation(tiny_data, teacher_pt, monkeypatch):
+    """distill.val_kd=false: no teacher forward under no_grad (Ultralytics' validator), val/kd_* logged as 0; training
+    batches still distil; val_kd=true runs the teachers in validation too."""
+    import yaml
+
+    from gor_det.engine.teachers import TeacherSet
+
+    names = yaml.safe_load(open(tiny_data))["names"]
+    gor = parse_gor({"teachers": [teacher_pt], "distill": {"val_kd": False}})
+    calls = []
+    forward = TeacherSet.__call__
+    monkeypatch.setattr(TeacherSet, "__call__", lambda self, x: calls.append(1) or forward(self, x))
+    student, batch = kd_student(names, teacher_pt, gor)
+    img = batch["img"]
     student.train()
     calls.clear()  # feature_channels() probed the teachers once
     _, items = student(batch)
@@ -189,3 +199,44 @@ def test_val_kd_switch_skips_teachers_in_validation(tiny_data, teacher_pt, monke
     with torch.no_grad():
         _, items = student.loss(batch, student(img))
     assert len(calls) == 2 and float(items["kd_cls"]) > 0
+
+
+def test_gor_grad_measures_gradient_norms_on_head_inputs(tiny_data, teacher_pt):
+    """gor_grad: the criterion hands the balancer ||dL/dF|| of the task and KD losses on the Detect-head inputs F
+    (checked against autograd on a second forward), and the scalars get the gradient 1 - w n / n_bar."""
+    import yaml
+
+    from gor_det.distill import head_outputs
+
+    names = yaml.safe_load(open(tiny_data))["names"]
+    gor = parse_gor({"teachers": [teacher_pt], "balance": {"method": "gor_grad"}})
+    student, batch = kd_student(names, teacher_pt, gor)
+    crit = student.criterion
+    seen = {}
+    balancer = crit.balancer
+    crit.balancer = lambda losses: seen.update(losses) or balancer(losses)
+    student.train()
+    loss, items = student(batch)
+    assert {"gnorm_task", "gnorm_kd"} <= seen.keys()
+
+    preds = student(batch["img"])  # the same batch again (train-mode BN: the same outputs)
+    feats = head_outputs(preds).feats
+    task = crit.base(preds, batch)[0].sum() / 2
+    t_outs = [head_outputs(y, r) for y, r in zip(crit.teachers(batch["img"]), crit.t_reg_max)]
+    kd = crit.distiller(head_outputs(preds), t_outs, student.kd["adapters"])["kd"]
+    for name, term in (("gnorm_task", task), ("gnorm_kd", kd)):
+        g = torch.autograd.grad(term, feats, retain_graph=True)
+        ref = torch.sqrt(sum((x.double() ** 2).sum() for x in g))
+        assert float(seen[name]) == pytest.approx(float(ref), rel=1e-4), name
+
+    loss.sum().backward()
+    n_t, n_k = float(seen["gnorm_task"]), float(seen["gnorm_kd"])
+    n_bar = (n_t + n_k) / 2
+    gp = student.kd["gor"]
+    assert float(gp.s_task.grad) == pytest.approx((1 - n_t / n_bar) * 2, rel=1e-4)  # w = 1 at init; times batch size 2
+    assert float(gp.s_kd.grad) == pytest.approx((1 - n_k / n_bar) * 2, rel=1e-4)
+    seen.clear()
+    student.eval()
+    with torch.no_grad():
+        student.loss(batch, student(batch["img"]))
+    assert "gnorm_task" not in seen  # no gradients in validation

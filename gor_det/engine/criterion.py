@@ -16,7 +16,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from gor_det.balance import make_balancer, restore_from_bits
+from gor_det.balance import GoRBalancer, gradient_norm, make_balancer, restore_from_bits
 from gor_det.config import GorCfg
 from gor_det.distill import Distiller, head_outputs
 from gor_det.engine.teachers import TeacherSet
@@ -44,6 +44,7 @@ class KDCriterion:
         self.t_reg_max = teachers.reg_max()
         self.distiller = Distiller(cfg.distill)
         self.balancer = make_balancer(cfg.balance, kd["gor"] if "gor" in kd else None)
+        self.wants_grad_norms = isinstance(self.balancer, GoRBalancer) and self.balancer.form == "gor_grad"
 
     def update(self):  # E2E losses anneal their one2one weight per epoch; forward it
         if hasattr(self.base, "update"):
@@ -61,7 +62,13 @@ class KDCriterion:
         else:  # Ultralytics' validator (no_grad) with distill.val_kd off: no teacher forward
             zero = task.new_zeros(())
             kd = {k: zero for k in (*KD_KEYS, "kd")}
-        total, weights = self.balancer({"task": task, "kd": kd["kd"]})
+        losses = {"task": task, "kd": kd["kd"]}
+        if self.wants_grad_norms and torch.is_grad_enabled():
+            # gor_grad: the two losses' gradient norms on the Detect-head inputs (two backward passes through the head)
+            feats = [f for f in student.feats if f.requires_grad]
+            losses["gnorm_task"] = gradient_norm(task, feats)
+            losses["gnorm_kd"] = gradient_norm(kd["kd"], feats)
+        total, weights = self.balancer(losses)
         items = dict(det_items)
         for k in KD_KEYS:
             items[k] = kd[k].detach().reshape(())

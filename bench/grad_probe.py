@@ -1,0 +1,99 @@
+#!/usr/bin/env python
+"""How large are the task and the distillation gradients on the features they share? (what ``gor_grad`` balances)
+
+    python bench/grad_probe.py --student bench/out/synthetic/qat_w8a8/seed0/weights/last.pt \\
+        --teacher bench/out/synthetic/teacher_v8s/seed0/weights/best.pt --batches 6
+
+On ``--batches`` augmented training batches (train-mode BN, fake quant active for a QAT student), with the benchmark's
+KD terms (``gor.distill`` defaults, adapters identity-initialised when the student has none), prints per batch:
+``L_task``, ``L_kd`` and their ratio; ``n_t = ||dL_task/dF||``, ``n_k = ||dL_kd/dF||`` on the Detect-head inputs F and
+their ratio; the cosine between the two gradients; and each KD term's gradient norm on F. Nothing is trained.
+"""
+
+from __future__ import annotations
+
+import argparse
+import platform
+import sys
+from datetime import date
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import gor_det  # noqa: E402,F401
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--student", required=True, help="student checkpoint (.pt, FP or QAT)")
+    ap.add_argument("--teacher", required=True, help="teacher checkpoint (.pt)")
+    ap.add_argument("--data", default="datasets/synth_bench/data.yaml")
+    ap.add_argument("--imgsz", type=int, default=192)
+    ap.add_argument("--batch", type=int, default=16)
+    ap.add_argument("--batches", type=int, default=6)
+    ap.add_argument("--threads", type=int, default=2)
+    a = ap.parse_args()
+    import torch
+    from ultralytics.cfg import get_cfg
+    from ultralytics.data import build_dataloader, build_yolo_dataset
+    from ultralytics.data.utils import check_det_dataset
+    from ultralytics.utils import DEFAULT_CFG_DICT, IterableSimpleNamespace
+
+    from gor_det.balance import gradient_norm, make_gor_params
+    from gor_det.config import parse_gor
+    from gor_det.distill import build_adapters, head_outputs
+    from gor_det.engine.criterion import KD_KEYS, attach_kd_criterion
+    from gor_det.engine.evaluate import load_model
+    from gor_det.engine.teachers import TeacherSet
+
+    torch.set_num_threads(a.threads)
+    torch.manual_seed(0)
+    student = load_model(a.student)
+    student.args = IterableSimpleNamespace(**DEFAULT_CFG_DICT)  # the loss gains Ultralytics trains with
+    for name, p in student.named_parameters():
+        p.requires_grad_(".dfl." not in name)  # load_model freezes everything; DFL's fixed conv stays frozen
+    gor = parse_gor({"teachers": [a.teacher], "balance": {"method": "fixed"}})
+    teachers = TeacherSet(gor.teachers, student.names)
+    if not hasattr(student, "kd"):
+        student.train()
+        with torch.no_grad():
+            s_ch = [f.shape[1] for f in head_outputs(student(torch.zeros(2, 3, a.imgsz, a.imgsz))).feats]
+        student.kd = torch.nn.ModuleDict({"adapters": build_adapters(s_ch, teachers.feature_channels()),
+                                          "gor": make_gor_params()})
+    crit = attach_kd_criterion(student, teachers, gor)
+
+    d = check_det_dataset(a.data)
+    cfg = get_cfg(overrides={"imgsz": a.imgsz, "batch": a.batch, "data": a.data, "workers": 0})
+    loader = build_dataloader(build_yolo_dataset(cfg, d["train"], a.batch, d, mode="train", rect=False, stride=32),
+                              a.batch, workers=0, shuffle=True)
+    student.train()
+    lines = ["| batch | L_task | L_kd | L_task / L_kd | n_t | n_k | n_t / n_k | cos(g_t, g_k) | "
+             + " | ".join(f"n({k})" for k in KD_KEYS) + " |", "|" + "---|" * (8 + len(KD_KEYS))]
+    for i, b in enumerate(loader):
+        if i >= a.batches:
+            break
+        b["img"] = b["img"].float() / 255
+        preds = student(b["img"])
+        s_out = head_outputs(preds)
+        task = crit.base(preds, b)[0].sum() / b["img"].shape[0]
+        t_outs = [head_outputs(y, r) for y, r in zip(teachers(b["img"]), crit.t_reg_max)]
+        kd = crit.distiller(s_out, t_outs, student.kd["adapters"])
+        feats = s_out.feats
+        g_t = torch.cat([g.flatten() for g in torch.autograd.grad(task, feats, retain_graph=True)])
+        g_k = torch.cat([g.flatten() for g in torch.autograd.grad(kd["kd"], feats, retain_graph=True)])
+        cos = float(g_t @ g_k / (g_t.norm() * g_k.norm()))
+        terms = " | ".join(f"{float(gradient_norm(kd[k], feats)):.4f}" for k in KD_KEYS)
+        lt, lk, nt, nk = float(task.detach()), float(kd["kd"].detach()), float(g_t.norm()), float(g_k.norm())
+        lines.append(f"| {i} | {lt:.3f} | {lk:.3f} | {lt / lk:.2f} | {nt:.4f} | {nk:.4f} | {nt / nk:.2f} | {cos:.3f} | "
+                     f"{terms} |")
+    lines += ["", f"Command: `python bench/grad_probe.py {' '.join(sys.argv[1:])}`  ",
+              f"Machine: {platform.machine()}, {a.threads} threads; batch {a.batch} at {a.imgsz} px  ",
+              f"Date: {date.today()}", ""]
+    print("\n".join(lines))
+    out = Path("bench/out/grad_probe.md")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()
