@@ -56,8 +56,8 @@ Methods (``gor.balance.method``):
   the unweighted one. Why: what decides how much each term steers the student is its gradient, not its value; loss
   values carry arbitrary units and gains (Ultralytics' box gain 7.5, a CWD temperature), gradient norms on the
   shared features do not. The criterion measures ``n_t, n_k`` with two extra backward passes through the head
-  (``gradient_norms``) and passes them as ``losses["gnorm_task"]``, ``losses["gnorm_kd"]``; without them (validation,
-  ``no_grad``) the weights in force are returned and ``obj`` is 0.
+  (:func:`gradient_norm`, every ``gor.balance.grad_every`` training steps) and passes them as ``losses["gnorm_task"]``,
+  ``losses["gnorm_kd"]``; without them (validation, ``no_grad``) the weights in force are returned and ``obj`` is 0.
 
 Storage (``make_gor_params``): a *plain* ``torch.nn.Module()`` instance (no gor_det class, so checkpoints unpickle in
 stock Ultralytics) holding float32 Parameters ``s_task``, ``s_kd`` (shape ``()``) and an int32 buffer ``bits`` (shape

@@ -76,6 +76,8 @@ class BalanceCfg:
     lr: float | None = 0.01  # own Adam/SGD lr of the two scalars (None: the trainer's lr). The scalars are log-weights:
     # at 0.01 they can travel to their optimum log(L) within a few hundred steps, which a fine-tuning lr (1e-4..1e-3)
     # would not allow; their scale is independent of the network's, so they get their own lr.
+    grad_every: int = 4  # gor_grad: measure the two gradient norms every N training steps (each measurement costs
+    # two backward passes through the head, ~10% of a QAT step); the last measurement is used in between
 
 
 @dataclass
@@ -222,6 +224,8 @@ def parse_gor(section: dict | None) -> GorCfg:
     if "teachers" in section and section["teachers"] is None:
         section["teachers"] = []
     cfg = _build(GorCfg, section, "gor")
+    if cfg.balance.grad_every < 1:
+        raise ConfigError(f"gor.balance.grad_every={cfg.balance.grad_every} must be >= 1 (1: measure every step)")
     q = cfg.quant
     if q is not None:
         for name in ("w_bits", "a_bits"):

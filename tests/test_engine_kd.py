@@ -201,15 +201,16 @@ def test_val_kd_switch_skips_teachers_in_validation(tiny_data, teacher_pt, monke
     assert len(calls) == 2 and float(items["kd_cls"]) > 0
 
 
-def test_gor_grad_measures_gradient_norms_on_head_inputs(tiny_data, teacher_pt):
+def test_gor_grad_measures_gradient_norms_on_head_inputs(tiny_data, teacher_pt, monkeypatch):
     """gor_grad: the criterion hands the balancer ||dL/dF|| of the task and KD losses on the Detect-head inputs F
     (checked against autograd on a second forward), and the scalars get the gradient 1 - w n / n_bar."""
     import yaml
 
     from gor_det.distill import head_outputs
+    from gor_det.engine import criterion as criterion_module
 
     names = yaml.safe_load(open(tiny_data))["names"]
-    gor = parse_gor({"teachers": [teacher_pt], "balance": {"method": "gor_grad"}})
+    gor = parse_gor({"teachers": [teacher_pt], "balance": {"method": "gor_grad", "grad_every": 2}})
     student, batch = kd_student(names, teacher_pt, gor)
     crit = student.criterion
     seen = {}
@@ -240,3 +241,12 @@ def test_gor_grad_measures_gradient_norms_on_head_inputs(tiny_data, teacher_pt):
     with torch.no_grad():
         student.loss(batch, student(batch["img"]))
     assert "gnorm_task" not in seen  # no gradients in validation
+
+    # grad_every=2: measured on training calls 0, 2, 4, ...; call 1 reuses the measurement of call 0
+    student.train()
+    measured = []
+    crit_norm = criterion_module.gradient_norm
+    monkeypatch.setattr(criterion_module, "gradient_norm", lambda *a: measured.append(1) or crit_norm(*a))
+    for _ in range(3):  # calls 1, 2, 3
+        student(batch)
+    assert len(measured) == 2 and float(seen["gnorm_task"]) > 0  # call 2 measured (both norms)

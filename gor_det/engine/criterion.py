@@ -45,6 +45,7 @@ class KDCriterion:
         self.distiller = Distiller(cfg.distill)
         self.balancer = make_balancer(cfg.balance, kd["gor"] if "gor" in kd else None)
         self.wants_grad_norms = isinstance(self.balancer, GoRBalancer) and self.balancer.form == "gor_grad"
+        self._steps, self._gnorms = 0, None  # gor_grad: training calls so far, last measured gradient norms
 
     def update(self):  # E2E losses anneal their one2one weight per epoch; forward it
         if hasattr(self.base, "update"):
@@ -64,10 +65,13 @@ class KDCriterion:
             kd = {k: zero for k in (*KD_KEYS, "kd")}
         losses = {"task": task, "kd": kd["kd"]}
         if self.wants_grad_norms and torch.is_grad_enabled():
-            # gor_grad: the two losses' gradient norms on the Detect-head inputs (two backward passes through the head)
-            feats = [f for f in student.feats if f.requires_grad]
-            losses["gnorm_task"] = gradient_norm(task, feats)
-            losses["gnorm_kd"] = gradient_norm(kd["kd"], feats)
+            # gor_grad: the two losses' gradient norms on the Detect-head inputs (two backward passes through the head),
+            # measured every grad_every training steps; the scalars use the last measurement in between
+            if self._steps % self.cfg.balance.grad_every == 0 or self._gnorms is None:
+                feats = [f for f in student.feats if f.requires_grad]
+                self._gnorms = {"gnorm_task": gradient_norm(task, feats), "gnorm_kd": gradient_norm(kd["kd"], feats)}
+            self._steps += 1
+            losses.update(self._gnorms)
         total, weights = self.balancer(losses)
         items = dict(det_items)
         for k in KD_KEYS:
