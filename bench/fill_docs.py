@@ -28,12 +28,12 @@ REF = {"docs/quantization.md": "fp_v8n_ft", "docs/gor.md": "fp_v8n_ft"}  # paire
 DOCS = {
     "docs/synthetic-benchmark.md": ["teacher_v8s", "teacher_v11s", "fp_v8n"],
     "docs/quantization.md": ["fp_v8n", "fp_v8n_ft", "ptq_w8a8", "qat_w8a8", "qat_w8a8_bnfreeze2", "qat_w8a8_fixedscales",
-                             "qat_w8a8_nofold", "qat_w8a8_minmax", "ul_quantize8",
+                             "qat_w8a8_nofold", "qat_w8a8_minmax", "qat_w8a8_start2", "ul_quantize8",
                              "qat_w4a8", "ptq_w4a4", "qat_w4a4"],
     "docs/gor.md": ["teacher_v8s", "teacher_v11s", "fp_v8n_ft", "qat_w8a8", "kd_fixed0.5_w8a8", "kd_fixed2_w8a8",
                     "kd_fixed8_w8a8", "kd_gor_w8a8", "kd_gornorm_w8a8", "kd_gorgrad_w8a8", "ekd_gor_w8a8",
-                    "ul_distill_q8", "ul_distill_fp", "kd_gor_fp", "kd_gorgrad_fp", "qat_w4a4", "kd_fixed2_w4a4",
-                    "kd_gor_w4a4"],
+                    "ekd_gorgrad_w8a8", "ul_distill_q8", "ul_distill_fp", "kd_gor_fp", "kd_gorgrad_fp", "qat_w4a4", "kd_fixed2_w4a4",
+                    "kd_gor_w4a4", "kd_gorgrad_w4a4"],
 }
 
 
@@ -58,8 +58,8 @@ def block(names: list[str], ref: str | None) -> str:
             f"{ultralytics.__version__}  \nDate: rows run on {', '.join(days)}")
 
 
-GOR_RUNS = ["kd_gor_w8a8", "kd_gornorm_w8a8", "kd_gorgrad_w8a8", "ekd_gor_w8a8", "kd_gor_fp", "kd_gorgrad_fp",
-            "kd_gor_w4a4"]  # learned-balance rows
+GOR_RUNS = ["kd_gor_w8a8", "kd_gornorm_w8a8", "kd_gorgrad_w8a8", "ekd_gor_w8a8", "ekd_gorgrad_w8a8", "kd_gor_fp",
+            "kd_gorgrad_fp", "kd_gor_w4a4", "kd_gorgrad_w4a4"]  # learned-balance rows
 TASK, KD = ("box_loss", "cls_loss", "dfl_loss"), ("kd_feat", "kd_cls", "kd_box")
 
 

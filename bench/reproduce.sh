@@ -12,9 +12,10 @@ PY=.venv/bin/python
 $PY bench/run.py --suite $S --seeds 0 --only teacher_v8s teacher_v11s
 $PY bench/run.py --suite $S --seeds 0 1 --only fp_v8n
 ROWS="fp_v8n_ft ptq_w8a8 ptq_w4a4 qat_w8a8 qat_w4a8 qat_w4a4 qat_w8a8_bnfreeze2 qat_w8a8_fixedscales qat_w8a8_nofold
-      qat_w8a8_minmax
+      qat_w8a8_minmax qat_w8a8_start2
       ul_quantize8 kd_fixed0.5_w8a8 kd_fixed2_w8a8 kd_fixed8_w8a8 kd_gor_w8a8 kd_gornorm_w8a8 kd_gorgrad_w8a8
-      ekd_gor_w8a8 kd_gor_w4a4 kd_fixed2_w4a4 ul_distill_q8 ul_distill_fp kd_gor_fp kd_gorgrad_fp"
+      ekd_gor_w8a8 ekd_gorgrad_w8a8 kd_gor_w4a4 kd_gorgrad_w4a4 kd_fixed2_w4a4 ul_distill_q8 ul_distill_fp kd_gor_fp
+      kd_gorgrad_fp"
 for seed in 0 1; do for r in $ROWS; do echo "$r $seed"; done; done |
   xargs -P "${STREAMS:-2}" -L 1 sh -c "$PY bench/run.py --suite $S --only \$0 --seeds \$1 -- gor.threads=1"
 $PY bench/run.py --suite $S --table-only

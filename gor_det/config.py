@@ -70,7 +70,7 @@ class BalanceCfg:
     norms of the two losses' gradients on the Detect-head inputs (docs/gor.md). ``none``: task loss only.
     """
 
-    method: str = "gor"  # fixed | gor | gor_norm | gor_grad | none
+    method: str = "gor_grad"  # fixed | gor | gor_norm | gor_grad | none (docs/gor.md: gor_grad measured best)
     w_task: float = 1.0  # fixed weights (method=fixed) and the initial weights of the GoR forms (s = -log w)
     w_kd: float = 1.0
     lr: float | None = 0.01  # own Adam/SGD lr of the two scalars (None: the trainer's lr). The scalars are log-weights:
@@ -97,6 +97,7 @@ class QuantCfg:
     learn_scales: bool = True  # LSQ: step sizes are trained (with LSQ gradient scaling)
     fold_bn: bool = True  # fold BN into the quantized weight during training (deploy-exact)
     freeze_bn_epoch: int = -1  # from this epoch on BN statistics are frozen (-1: never)
+    start_epoch: int = 0  # fake quantization from this epoch on (calibrated then); earlier epochs fine-tune in float
     skip: list[str] | None = None  # glob patterns of conv module names kept in float; None: the YOLO defaults
     scale_lr: float | None = None  # lr of the step sizes (None: the trainer's)
 
@@ -231,6 +232,8 @@ def parse_gor(section: dict | None) -> GorCfg:
         for name in ("w_bits", "a_bits"):
             if not 2 <= getattr(q, name) <= 8:
                 raise ConfigError(f"gor.quant.{name}={getattr(q, name)} is out of range; use 2..8")
+        if q.start_epoch < 0:
+            raise ConfigError(f"gor.quant.start_epoch={q.start_epoch} must be >= 0 (0: quantize from the first epoch)")
     return cfg
 
 

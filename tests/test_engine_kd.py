@@ -148,6 +148,35 @@ def test_qat_train_checkpoint_resume_bit_exact(tiny_data, tmp_path, bits):
         assert torch.equal(seen["ema"][k], v), k
 
 
+def test_qat_start_epoch_float_then_calibrated_quantization(tiny_data, tmp_path):
+    """gor.quant.start_epoch=1: epoch 0 trains in float (quantizers off in model and EMA); epoch 1 starts with a fresh
+    calibration copied into the EMA, a fresh loader pass, quantizers on; best.pt is a quantization-trained epoch."""
+    from gor_det.quant import quant_modules, quant_state_dict
+
+    gor = parse_gor({"quant": {"calib_batches": 2, "start_epoch": 1}, "threads": 2})
+    trainer = make_trainer_class(gor)(overrides=tiny_overrides(tiny_data, tmp_path, "delay", epochs=2))
+    seen = []
+
+    def record(tr):  # runs after gor_det's own epoch-start callbacks
+        flags = [(q.weight_q.enabled, q.act_q.enabled) for m in (tr.model, tr.ema.ema) for q in quant_modules(m).values()]
+        same = all(torch.equal(a, b) for a, b in zip(quant_state_dict(tr.model).values(),
+                                                      quant_state_dict(tr.ema.ema).values()))
+        seen.append((tr.epoch, {f for fl in flags for f in fl}, same, tr.train_loader.iterator is None, tr.best_fitness))
+
+    trainer.add_callback("on_train_epoch_start", record)
+    trainer.train()
+    (e0, on0, _, _, _), (e1, on1, same1, fresh1, best1) = seen
+    assert (e0, on0) == (0, {False}) and (e1, on1) == (1, {True})
+    assert same1 and fresh1 and best1 is None  # EMA got the new step sizes; epoch 1 = full pass; best race restarted
+    ck = torch.load(trainer.best, weights_only=False)  # an epoch-0 checkpoint would hold switched-off quantizers
+    assert all(q.act_q.enabled and q.weight_q.enabled for q in quant_modules(ck["model"]).values())
+
+    bad = make_trainer_class(parse_gor({"quant": {"start_epoch": 2}}))(overrides=tiny_overrides(tiny_data, tmp_path,
+                                                                                                "bad", epochs=2))
+    with pytest.raises(ConfigError, match="start_epoch=2 >= epochs=2"):
+        bad.train()
+
+
 def kd_student(names, teacher_pt, gor):
     """A yolov8n student with ``model.kd`` and the KD criterion attached (no trainer), and a 2-image batch."""
     from ultralytics.nn.tasks import DetectionModel

@@ -62,6 +62,29 @@ def freeze_bn_stats(trainer) -> None:
             freeze_bn(trainer.ema.ema)
 
 
+def quant_schedule(trainer) -> None:
+    """``gor.quant.start_epoch`` > 0: quantizers off (float fine-tuning) before it; at it, calibrate and switch them on.
+
+    Set at every epoch start (the on/off switch is a Python attribute, not checkpoint state, so a resumed run gets it
+    from its epoch). Resuming after ``start_epoch`` keeps the step sizes the checkpoint holds."""
+    q = trainer.gor.quant
+    if not trainer.gor.quantizing or q.start_epoch <= 0:
+        return
+    if q.start_epoch >= trainer.epochs:
+        from gor_det.config import ConfigError
+
+        raise ConfigError(f"gor.quant.start_epoch={q.start_epoch} >= epochs={trainer.epochs}: no epoch would train with "
+                          f"quantization; use a start_epoch below {trainer.epochs}")
+    from gor_det.quant import set_quant_enabled
+
+    live = trainer.epoch >= q.start_epoch
+    if trainer.epoch == q.start_epoch:
+        trainer.start_quantization()
+    for m in (unwrap_model(trainer.model), trainer.ema.ema if trainer.ema is not None else None):
+        if m is not None:
+            set_quant_enabled(m, weights=live, acts=live)
+
+
 def plot_gor(trainer) -> None:
     """Save ``gor_curves.png``: the two balance weights and the loss terms per epoch (from results.csv)."""
     if RANK not in {-1, 0} or not trainer.gor.distilling or not trainer.csv.exists():
@@ -74,10 +97,11 @@ def plot_gor(trainer) -> None:
         LOGGER.warning(f"gor_det: could not plot GoR curves: {e}")
 
 
-TRAINER_CALLBACKS = {
-    "on_pretrain_routine_end": attach_kd,
-    "on_train_start": set_threads,
-    "on_val_start": reapply_threads,
-    "on_train_epoch_start": freeze_bn_stats,
-    "on_train_end": plot_gor,
-}
+TRAINER_CALLBACKS = [  # (event, callback) in the order they run
+    ("on_pretrain_routine_end", attach_kd),
+    ("on_train_start", set_threads),
+    ("on_val_start", reapply_threads),
+    ("on_train_epoch_start", quant_schedule),
+    ("on_train_epoch_start", freeze_bn_stats),
+    ("on_train_end", plot_gor),
+]

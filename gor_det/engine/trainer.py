@@ -46,7 +46,7 @@ class GorDetectionTrainer(DetectionTrainer):
         self.gor = self.gor_cfg or GorCfg()
         self.teachers = TeacherSet(self.gor.teachers, self.data["names"]) if self.gor.distilling else None
         self._needs_calibration = False
-        for event, fn in gcb.TRAINER_CALLBACKS.items():
+        for event, fn in gcb.TRAINER_CALLBACKS:
             self.add_callback(event, fn)
         if RANK in {-1, 0}:
             (self.save_dir / "gor_cfg.yaml").write_text(yaml.safe_dump(self.gor.to_dict(), sort_keys=False))
@@ -146,6 +146,19 @@ class GorDetectionTrainer(DetectionTrainer):
         if torch.distributed.is_available() and torch.distributed.is_initialized():
             for p in quant_scale_parameters(model):  # every rank must start from rank 0's step sizes
                 torch.distributed.broadcast(p.data, src=0)
+
+    def start_quantization(self) -> None:
+        """``gor.quant.start_epoch``: calibrate the step sizes on the weights the float epochs trained, copy them into
+        the EMA, and restart the best-checkpoint race (``best.pt`` must be a quantization-trained model)."""
+        from gor_det.quant import quant_state_dict, set_quant_enabled
+
+        m = unwrap_model(self.model)
+        set_quant_enabled(m)
+        self._calibrate(m)
+        if self.ema is not None:
+            self.ema.ema.load_state_dict(quant_state_dict(m), strict=False)
+        self.best_fitness = None
+        LOGGER.info(f"gor_det: quantization-aware training from epoch {self.epoch + 1} (gor.quant.start_epoch)")
 
     def optimizer_step(self):
         """Stock step, then copy the raw GoR scalars into the EMA and into their exact float32 bit buffers.
