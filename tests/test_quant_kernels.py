@@ -91,3 +91,34 @@ def test_divide_channels_equals_eager_division():
     with torch.no_grad():
         assert torch.equal(kernels.divide_channels(y, f), ro)
     assert kernels.fast_kernel_wanted(y) and not kernels.fast_kernel_wanted(y.to("meta"))
+
+
+def test_retained_graph_backpropagates_twice_identically():
+    """gor_grad back-propagates the same graph to the head inputs before the training backward (retain_graph): the
+    compiled kernels' backward must not consume or modify what it saved (in-place unfold division included)."""
+    import copy
+
+    from torch import nn
+
+    from gor_det.config import QuantCfg
+    from gor_det.quant.modules import QConvBn2d
+
+    torch.manual_seed(0)
+    m = QConvBn2d.from_float(nn.Conv2d(4, 6, 3, padding=1, bias=False), nn.BatchNorm2d(6), QuantCfg())
+    x0 = torch.randn(2, 4, 8, 8)
+    with torch.no_grad():
+        m.eval()(x0)  # initialises the step sizes
+    m.train()
+
+    def grads(probe_first: bool):
+        mi = copy.deepcopy(m)  # the same BN running statistics for both (a train forward updates them)
+        x = x0.clone().requires_grad_(True)
+        loss = mi(x).square().sum()
+        if probe_first:
+            torch.autograd.grad(loss, [x], retain_graph=True)
+        loss.backward()
+        return [x.grad] + [p.grad for p in mi.parameters() if p.grad is not None]
+
+    plain, probed = grads(False), grads(True)
+    assert len(plain) == len(probed) > 3
+    assert all(torch.equal(a, b) for a, b in zip(plain, probed))
