@@ -57,6 +57,7 @@ def main():
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--quant", action="store_true", help="W8A8 QAT student")
     ap.add_argument("--balance", default="gor")
+    ap.add_argument("--grad-every", type=int, default=4, help="gor_grad: measure the gradient norms every N steps")
     a = ap.parse_args()
     import torch
     from ultralytics.nn.tasks import DetectionModel
@@ -73,7 +74,7 @@ def main():
     torch.manual_seed(0)
     nc = 12
     names = {i: f"c{i}" for i in range(nc)}
-    gor = parse_gor({"teachers": [{"model": t} for t in a.teachers], "balance": {"method": a.balance},
+    gor = parse_gor({"teachers": [{"model": t} for t in a.teachers], "balance": {"method": a.balance, "grad_every": a.grad_every},
                      **({"quant": {}} if a.quant else {})})
     student = DetectionModel(a.student, nc=nc, verbose=False)
     student.names = names
@@ -112,7 +113,7 @@ def main():
         f"| overhead K / (A + T) - 1 | {over:+.1%} |",
         "", f"Command: `python bench/kd_overhead.py {' '.join(sys.argv[1:])}`  ",
         f"Machine: {platform.machine()}, {os.cpu_count()} CPU cores, {a.threads} threads; batch {a.batch} at {a.imgsz} px, "
-        f"median of {a.steps} steps  ", f"Date: {date.today()}", ""]
+        f"{'A, T median, K mean' if amortised else 'median'} of {a.steps} steps  ", f"Date: {date.today()}", ""]
     print("\n".join(lines))
     out = Path("bench/out/kd_overhead")
     out.mkdir(parents=True, exist_ok=True)

@@ -77,7 +77,7 @@ class BalanceCfg:
     # at 0.01 they can travel to their optimum log(L) within a few hundred steps, which a fine-tuning lr (1e-4..1e-3)
     # would not allow; their scale is independent of the network's, so they get their own lr.
     grad_every: int = 4  # gor_grad: measure the two gradient norms every N training steps (each measurement costs
-    # two backward passes through the head, ~10% of a QAT step); the last measurement is used in between
+    # two backward passes through the head, roughly half a QAT step on CPU); the last measurement is used in between
 
 
 @dataclass
