@@ -74,8 +74,8 @@ class BalanceCfg:
     w_task: float = 1.0  # fixed weights (method=fixed) and the initial weights of the GoR forms (s = -log w)
     w_kd: float = 1.0
     lr: float | None = 0.01  # own Adam/SGD lr of the two scalars (None: the trainer's lr). The scalars are log-weights:
-    # at 0.01 they can travel to their optimum (log L, or log(n / n_bar)) within a few hundred steps, which a fine-tuning lr (1e-4..1e-3)
-    # would not allow; their scale is independent of the network's, so they get their own lr.
+    # at 0.01 they can travel to their optimum (log L, or log(n / n_bar)) within a few hundred steps, which a
+    # fine-tuning lr (1e-4..1e-3) would not allow; their scale is independent of the network's: own lr.
     grad_every: int = 4  # gor_grad: measure the two gradient norms every N training steps (each measurement costs
     # two backward passes through the head, roughly half a QAT step on CPU); the last measurement is used in between
 
