@@ -51,8 +51,9 @@ def block(names: list[str], ref: str | None) -> str:
     import torch
     import ultralytics
 
-    cmd = ("python bench/run.py --suite bench/suites/synthetic.yaml --table-only" + (f" --ref {ref}" if ref else "")
-           + " --only " + " ".join(names))
+    seeds = sorted({r.get("seed", 0) for r in rows})
+    cmd = ("python bench/run.py --suite bench/suites/synthetic.yaml --table-only --seeds " + " ".join(map(str, seeds))
+           + (f" --ref {ref}" if ref else "") + " --only " + " ".join(names))
     return (table(rows, names, ref) + "\nRows made by `sh bench/reproduce.sh`; this table: `python bench/fill_docs.py` "
             f"(= `{cmd}`)  \nMachine: {platform.machine()}, 2-core VM, torch {torch.__version__}, ultralytics "
             f"{ultralytics.__version__}  \nDate: rows run on {', '.join(days)}")

@@ -38,28 +38,24 @@ def main():
     from ultralytics.data import build_dataloader, build_yolo_dataset
     from ultralytics.data.utils import check_det_dataset
     from ultralytics.utils import DEFAULT_CFG_DICT, IterableSimpleNamespace
+    from ultralytics.utils.torch_utils import init_seeds
 
-    from gor_det.balance import gradient_norm, make_gor_params
+    from gor_det.balance import gradient_norm
     from gor_det.config import parse_gor
-    from gor_det.distill import build_adapters, head_outputs
-    from gor_det.engine.criterion import KD_KEYS, attach_kd_criterion
+    from gor_det.engine.criterion import KD_KEYS, attach_kd_criterion, build_kd_modules
     from gor_det.engine.evaluate import load_model
     from gor_det.engine.teachers import TeacherSet
 
     torch.set_num_threads(a.threads)
-    torch.manual_seed(0)
+    init_seeds(0)  # torch, numpy and random: the same augmented batches on every run
     student = load_model(a.student)
     student.args = IterableSimpleNamespace(**DEFAULT_CFG_DICT)  # the loss gains Ultralytics trains with
     for name, p in student.named_parameters():
         p.requires_grad_(".dfl." not in name)  # load_model freezes everything; DFL's fixed conv stays frozen
     gor = parse_gor({"teachers": [a.teacher], "balance": {"method": "fixed"}})
     teachers = TeacherSet(gor.teachers, student.names)
-    if not hasattr(student, "kd"):
-        student.train()
-        with torch.no_grad():
-            s_ch = [f.shape[1] for f in head_outputs(student(torch.zeros(2, 3, a.imgsz, a.imgsz))).feats]
-        student.kd = torch.nn.ModuleDict({"adapters": build_adapters(s_ch, teachers.feature_channels()),
-                                          "gor": make_gor_params()})
+    if not hasattr(student, "kd"):  # a student trained without KD: identity-initialised adapters
+        student.kd = build_kd_modules(student, teachers, gor.balance)
     crit = attach_kd_criterion(student, teachers, gor)
 
     d = check_det_dataset(a.data)
@@ -74,10 +70,8 @@ def main():
             break
         b["img"] = b["img"].float() / 255
         preds = student(b["img"])
-        s_out = head_outputs(preds)
         task = crit.base(preds, b)[0].sum() / b["img"].shape[0]
-        t_outs = [head_outputs(y, r) for y, r in zip(teachers(b["img"]), crit.t_reg_max)]
-        kd = crit.distiller(s_out, t_outs, student.kd["adapters"])
+        s_out, kd = crit.kd_terms(preds, b["img"])
         feats = s_out.feats
         g_t = torch.cat([g.flatten() for g in torch.autograd.grad(task, feats, retain_graph=True)])
         g_k = torch.cat([g.flatten() for g in torch.autograd.grad(kd["kd"], feats, retain_graph=True)])

@@ -63,10 +63,8 @@ def main():
     from ultralytics.nn.tasks import DetectionModel
     from ultralytics.utils import DEFAULT_CFG_DICT, IterableSimpleNamespace
 
-    from gor_det.balance import make_gor_params
     from gor_det.config import parse_gor
-    from gor_det.distill import build_adapters
-    from gor_det.engine.criterion import attach_kd_criterion
+    from gor_det.engine.criterion import attach_kd_criterion, build_kd_modules
     from gor_det.engine.teachers import TeacherSet
     from gor_det.quant import calibrate, prepare_qat
 
@@ -74,8 +72,8 @@ def main():
     torch.manual_seed(0)
     nc = 12
     names = {i: f"c{i}" for i in range(nc)}
-    gor = parse_gor({"teachers": [{"model": t} for t in a.teachers], "balance": {"method": a.balance, "grad_every": a.grad_every},
-                     **({"quant": {}} if a.quant else {})})
+    gor = parse_gor({"teachers": [{"model": t} for t in a.teachers],
+                     "balance": {"method": a.balance, "grad_every": a.grad_every}, **({"quant": {}} if a.quant else {})})
     student = DetectionModel(a.student, nc=nc, verbose=False)
     student.names = names
     student.args = IterableSimpleNamespace(**DEFAULT_CFG_DICT)
@@ -96,9 +94,7 @@ def main():
 
     t_a = timed(step, a.steps)
     t_t = timed(lambda: teachers(x), a.steps)
-    s_ch = [f.shape[1] for f in student(batch["img"])["feats"]]
-    student.kd = torch.nn.ModuleDict({"adapters": build_adapters(s_ch, teachers.feature_channels()),
-                                      "gor": make_gor_params()})
+    student.kd = build_kd_modules(student, teachers, gor.balance)
     attach_kd_criterion(student, teachers, gor)
     opt = torch.optim.AdamW(student.parameters(), lr=1e-4)
     # gor_grad measures its gradient norms every grad_every steps: the mean over the steps is the amortised cost

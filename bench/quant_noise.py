@@ -41,8 +41,8 @@ def main():
     lines = ["| checkpoint | W + A quantized | weights only | activations only | none (float) |", "|---|---|---|---|---|"]
     for w_path in a.weights:
         maps = []
+        model = load_model(w_path)
         for w_on, a_on in cells:
-            model = load_model(w_path)
             set_quant_enabled(model, weights=w_on, acts=a_on)
             out = Path("bench/out/quant_noise") / "_".join(Path(w_path).parts[-4:-2]) / f"w{int(w_on)}a{int(a_on)}"
             r = evaluate_backend(TorchBackend(model, "cpu"), data, coco_json_of(data), train_imgsz(model), out,

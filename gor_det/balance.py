@@ -142,7 +142,8 @@ def gor_scalars(params: nn.Module) -> dict[str, float]:
 
 
 def gradient_norm(loss: torch.Tensor, wrt: list[torch.Tensor]) -> torch.Tensor:
-    """``||d loss / d wrt||_2`` over all tensors of ``wrt`` (detached float32 scalar; 0 if ``loss`` does not reach them).
+    """``||d loss / d wrt||_2`` over all tensors of ``wrt`` (detached float32 scalar; 0 if ``loss`` does not reach
+    them).
 
     The graph is kept (``retain_graph``) for the training backward that follows; nothing is accumulated in ``.grad``.
     """
@@ -230,9 +231,9 @@ class GoRBalancer:
             if "gnorm_task" in losses and "gnorm_kd" in losses:
                 n_t, n_k = _loss(losses, "gnorm_task").detach().float(), _loss(losses, "gnorm_kd").detach().float()
                 n_bar = (n_t + n_k) / 2
-                if bool(n_bar > 0):
-                    obj = (w_hat_t * n_t + w_hat_k * n_k) / n_bar + s_t + s_k
-                    total = total + (obj - obj.detach())
+                obj = (w_hat_t * n_t + w_hat_k * n_k) / n_bar.clamp_min(torch.finfo(torch.float32).tiny) + s_t + s_k
+                # no gradient at all (n_bar = 0): the scalars stay put (torch.where, not an if: no host sync per step)
+                total = total + torch.where(n_bar > 0, obj - obj.detach(), 0.0)
             return total, {"w_task": w_t, "w_kd": w_k}
         # gor_norm
         lt_d, lk_d = lt.detach().float(), lk.detach().float()

@@ -145,6 +145,13 @@ def test_gradients_gor_grad():
     assert float(p.s_task.grad) == pytest.approx(1 - 2.0 * 0.3 / n_bar, rel=1e-5)
     assert float(p.s_kd.grad) == pytest.approx(1 - 0.5 * 0.9 / n_bar, rel=1e-5)
     assert float(x.grad) == pytest.approx(2.0 * 6 + 0.5 * 3, rel=1e-5)
+    # zero norms (no gradient reaches the head inputs): value unchanged, the scalars get a zero gradient
+    p.s_task.grad = p.s_kd.grad = None
+    zero = torch.tensor(0.0)
+    total, _ = GoRBalancer(p, "gor_grad")({"task": 2 * x**2, "kd": 3 * x, "gnorm_task": zero, "gnorm_kd": zero})
+    total.backward()
+    assert float(total) == pytest.approx(11.25, rel=1e-6)
+    assert float(p.s_task.grad) == 0.0 and float(p.s_kd.grad) == 0.0
     # without the norms (validation): the weights in force, no gradient for the scalars
     p.s_task.grad = p.s_kd.grad = None
     total, w = GoRBalancer(p, "gor_grad")({"task": 2 * x**2, "kd": 3 * x})

@@ -182,9 +182,7 @@ def kd_student(names, teacher_pt, gor):
     from ultralytics.nn.tasks import DetectionModel
     from ultralytics.utils import DEFAULT_CFG_DICT, IterableSimpleNamespace
 
-    from gor_det.balance import make_gor_params
-    from gor_det.distill import build_adapters
-    from gor_det.engine.criterion import attach_kd_criterion
+    from gor_det.engine.criterion import attach_kd_criterion, build_kd_modules
     from gor_det.engine.teachers import TeacherSet
 
     teachers = TeacherSet(gor.teachers, names)
@@ -192,9 +190,7 @@ def kd_student(names, teacher_pt, gor):
     student = DetectionModel("yolov8n.yaml", nc=len(names), verbose=False)
     student.names, student.args = names, IterableSimpleNamespace(**DEFAULT_CFG_DICT)
     img = torch.rand(2, 3, 64, 64)
-    s_ch = [f.shape[1] for f in student(img)["feats"]]
-    student.kd = torch.nn.ModuleDict({"adapters": build_adapters(s_ch, teachers.feature_channels()),
-                                      "gor": make_gor_params()})
+    student.kd = build_kd_modules(student, teachers, gor.balance)
     attach_kd_criterion(student, teachers, gor)
     batch = {"img": img, "batch_idx": torch.tensor([0.0, 1.0]), "cls": torch.tensor([[0.0], [1.0]]),
              "bboxes": torch.tensor([[0.5, 0.5, 0.3, 0.3], [0.4, 0.4, 0.2, 0.2]])}
@@ -235,7 +231,6 @@ def test_gor_grad_measures_gradient_norms_on_head_inputs(tiny_data, teacher_pt, 
     (checked against autograd on a second forward), and the scalars get the gradient 1 - w n / n_bar."""
     import yaml
 
-    from gor_det.distill import head_outputs
     from gor_det.engine import criterion as criterion_module
 
     names = yaml.safe_load(open(tiny_data))["names"]
@@ -250,11 +245,10 @@ def test_gor_grad_measures_gradient_norms_on_head_inputs(tiny_data, teacher_pt, 
     assert {"gnorm_task", "gnorm_kd"} <= seen.keys()
 
     preds = student(batch["img"])  # the same batch again (train-mode BN: the same outputs)
-    feats = head_outputs(preds).feats
     task = crit.base(preds, batch)[0].sum() / 2
-    t_outs = [head_outputs(y, r) for y, r in zip(crit.teachers(batch["img"]), crit.t_reg_max)]
-    kd = crit.distiller(head_outputs(preds), t_outs, student.kd["adapters"])["kd"]
-    for name, term in (("gnorm_task", task), ("gnorm_kd", kd)):
+    s_out, kd = crit.kd_terms(preds, batch["img"])
+    feats = s_out.feats
+    for name, term in (("gnorm_task", task), ("gnorm_kd", kd["kd"])):
         g = torch.autograd.grad(term, feats, retain_graph=True)
         ref = torch.sqrt(sum((x.double() ** 2).sum() for x in g))
         assert float(seen[name]) == pytest.approx(float(ref), rel=1e-4), name

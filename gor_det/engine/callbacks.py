@@ -73,8 +73,8 @@ def quant_schedule(trainer) -> None:
     if q.start_epoch >= trainer.epochs:
         from gor_det.config import ConfigError
 
-        raise ConfigError(f"gor.quant.start_epoch={q.start_epoch} >= epochs={trainer.epochs}: no epoch would train with "
-                          f"quantization; use a start_epoch below {trainer.epochs}")
+        raise ConfigError(f"gor.quant.start_epoch={q.start_epoch} >= epochs={trainer.epochs}: no epoch would train "
+                          f"with quantization; use a start_epoch below {trainer.epochs}")
     from gor_det.quant import set_quant_enabled
 
     live = trainer.epoch >= q.start_epoch

@@ -16,9 +16,9 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from gor_det.balance import GoRBalancer, gradient_norm, make_balancer, restore_from_bits
-from gor_det.config import GorCfg
-from gor_det.distill import Distiller, head_outputs
+from gor_det.balance import GoRBalancer, gradient_norm, make_balancer, make_gor_params, restore_from_bits
+from gor_det.config import BalanceCfg, GorCfg
+from gor_det.distill import Distiller, HeadOutputs, build_adapters, head_outputs
 from gor_det.engine.teachers import TeacherSet
 
 KD_KEYS = ("kd_feat", "kd_cls", "kd_box")
@@ -51,15 +51,20 @@ class KDCriterion:
         if hasattr(self.base, "update"):
             self.base.update()
 
+    def kd_terms(self, preds, img: torch.Tensor) -> tuple[HeadOutputs, dict[str, torch.Tensor]]:
+        """The student's head outputs in ``preds`` and its KD terms against the teachers run on ``img``:
+        ``{"kd_feat", "kd_cls", "kd_box", "kd"}`` (per image, weighted; ``kd`` is their sum, ``L_kd``)."""
+        student = head_outputs(preds, self.reg_max)
+        t_outs = [head_outputs(y, r) for y, r in zip(self.teachers(img), self.t_reg_max)]
+        return student, self.distiller(student, t_outs, self.kd["adapters"])
+
     def __call__(self, preds, batch):
         det_loss, det_items = self.base(preds, batch)
         img = batch["img"]
         bs = img.shape[0]
         task = det_loss.sum() / bs
         if torch.is_grad_enabled() or self.cfg.distill.val_kd:
-            student = head_outputs(preds, self.reg_max)
-            t_outs = [head_outputs(y, r) for y, r in zip(self.teachers(img), self.t_reg_max)]
-            kd = self.distiller(student, t_outs, self.kd["adapters"])
+            student, kd = self.kd_terms(preds, img)
         else:  # Ultralytics' validator (no_grad) with distill.val_kd off: no teacher forward
             zero = task.new_zeros(())
             kd = {k: zero for k in (*KD_KEYS, "kd")}
@@ -79,6 +84,23 @@ class KDCriterion:
         for k in ("w_task", "w_kd"):
             items[k] = torch.as_tensor(weights[k], device=img.device, dtype=torch.float32).detach().reshape(())
         return total.reshape(1) * bs, items
+
+
+def build_kd_modules(model: nn.Module, teachers: TeacherSet, balance: BalanceCfg) -> nn.ModuleDict:
+    """The student's ``model.kd``: 1x1 adapters (student -> each teacher's P3-P5 channels, per teacher and level) and
+    the two GoR scalars (initialised from ``balance.w_task`` / ``w_kd``), as plain torch modules. The student's
+    channels are read off one tiny eval-mode forward (no BN statistics change)."""
+    was_training = model.training
+    model.eval()
+    with torch.no_grad():
+        s_ch = head_outputs(model(torch.zeros(1, 3, 64, 64))).channels
+    model.train(was_training)
+    t_ch = teachers.feature_channels()
+    for cfg, ch in zip(teachers.cfgs, t_ch):
+        if len(ch) != len(s_ch):
+            raise ValueError(f"teacher {cfg.model} has {len(ch)} detection levels, the student has {len(s_ch)}; "
+                             "feature KD needs the same levels")
+    return nn.ModuleDict({"adapters": build_adapters(s_ch, t_ch), "gor": make_gor_params(balance.w_task, balance.w_kd)})
 
 
 def attach_kd_criterion(model: nn.Module, teachers: TeacherSet, cfg: GorCfg) -> KDCriterion:

@@ -28,10 +28,10 @@ from ultralytics.models.yolo.detect import DetectionTrainer
 from ultralytics.utils import DEFAULT_CFG, LOGGER, RANK
 from ultralytics.utils.torch_utils import unwrap_model
 
-from gor_det.balance import make_gor_params, sync_bits
+from gor_det.balance import sync_bits
 from gor_det.config import GorCfg
-from gor_det.distill import build_adapters
 from gor_det.engine import callbacks as gcb
+from gor_det.engine.criterion import build_kd_modules
 from gor_det.engine.teachers import TeacherSet
 from gor_det.quant import calibrate, is_qat, prepare_qat, quant_scale_parameters
 
@@ -65,9 +65,10 @@ class GorDetectionTrainer(DetectionTrainer):
         model = super().get_model(cfg=cfg, weights=None if qat_weights else weights, verbose=verbose)
         if g.quantizing:
             prepare_qat(model, g.quant)  # calibrated later, in build_optimizer, once the train loader exists
-            self._needs_calibration = not qat_weights and not self.args.resume
+            # with start_epoch > 0 the step sizes are calibrated at that epoch (start_quantization), not now
+            self._needs_calibration = not qat_weights and not self.args.resume and g.quant.start_epoch == 0
         if g.distilling:
-            model.kd = self._build_kd_modules(model)
+            model.kd = build_kd_modules(model, self.teachers, g.balance)
         if weights is not None and (g.quantizing or g.distilling):
             model.load(weights, verbose=False)  # second pass: QAT state, adapters and scalars where present
         if g.quantizing and not g.quant.learn_scales:
@@ -75,26 +76,6 @@ class GorDetectionTrainer(DetectionTrainer):
                 p.requires_grad_(False)
         model.gor_cfg = g.to_dict()  # plain dict: records the run cfg in every checkpoint, loadable anywhere
         return model
-
-    def _build_kd_modules(self, model: nn.Module) -> nn.ModuleDict:
-        """Adapters (student -> each teacher's P3-P5 channels) and the two GoR scalars, as plain torch modules."""
-        was_training = model.training
-        model.eval()
-        with torch.no_grad():
-            preds = model(torch.zeros(1, 3, 64, 64))
-        model.train(was_training)
-        raw = preds[1] if isinstance(preds, tuple) else preds
-        raw = raw.get("one2many", raw)
-        s_ch = [int(f.shape[1]) for f in raw["feats"]]
-        t_ch = self.teachers.feature_channels()
-        for i, ch in enumerate(t_ch):
-            if len(ch) != len(s_ch):
-                raise ValueError(f"teacher {self.gor.teachers[i].model} has {len(ch)} detection levels, "
-                                 f"the student has {len(s_ch)}; feature KD needs the same levels")
-        kd = nn.ModuleDict({"adapters": build_adapters(s_ch, t_ch)})
-        b = self.gor.balance
-        kd["gor"] = make_gor_params(b.w_task, b.w_kd)
-        return kd
 
     # ---------------------------------------------------------------------------------------------------------------
     # Optimizer: calibration first (see module docstring), then own groups for GoR scalars and step sizes
