@@ -24,6 +24,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from steps import NC, build_student, fake_batch, stepper  # noqa: E402  (bench/ is sys.path[0] when run as a script)
+
 import gor_det  # noqa: E402,F401
 
 
@@ -36,15 +38,6 @@ def timed(fn, steps, mean=False):
         fn()
         ts.append(time.perf_counter() - t)
     return statistics.mean(ts) if mean else statistics.median(ts)
-
-
-def fake_batch(batch: int, imgsz: int, nc: int, per_image: int = 4) -> dict:
-    """A random Ultralytics training batch: ``img`` (batch, 3, imgsz, imgsz) in [0, 1], ``per_image`` boxes each."""
-    import torch
-
-    n = per_image * batch
-    return {"img": torch.rand(batch, 3, imgsz, imgsz), "batch_idx": torch.arange(batch).repeat_interleave(per_image).float(),
-            "cls": torch.randint(0, nc, (n, 1)).float(), "bboxes": torch.rand(n, 4) * 0.5 + 0.25}
 
 
 def main():
@@ -60,43 +53,26 @@ def main():
     ap.add_argument("--grad-every", type=int, default=4, help="gor_grad: measure the gradient norms every N steps")
     a = ap.parse_args()
     import torch
-    from ultralytics.nn.tasks import DetectionModel
-    from ultralytics.utils import DEFAULT_CFG_DICT, IterableSimpleNamespace
 
     from gor_det.config import parse_gor
     from gor_det.engine.criterion import attach_kd_criterion, build_kd_modules
     from gor_det.engine.teachers import TeacherSet
-    from gor_det.quant import calibrate, prepare_qat
 
     torch.set_num_threads(a.threads)
     torch.manual_seed(0)
-    nc = 12
-    names = {i: f"c{i}" for i in range(nc)}
     gor = parse_gor({"teachers": [{"model": t} for t in a.teachers],
                      "balance": {"method": a.balance, "grad_every": a.grad_every}, **({"quant": {}} if a.quant else {})})
-    student = DetectionModel(a.student, nc=nc, verbose=False)
-    student.names = names
-    student.args = IterableSimpleNamespace(**DEFAULT_CFG_DICT)
-    batch = fake_batch(a.batch, a.imgsz, nc)
+    batch = fake_batch(a.batch, a.imgsz, NC)
     x = batch["img"]
-    if a.quant:
-        prepare_qat(student, gor.quant)
-        calibrate(student.eval(), lambda m: m(x[:4]), gor.quant)
-    teachers = TeacherSet(gor.teachers, names)
-    student.train()
-    opt = torch.optim.AdamW(student.parameters(), lr=1e-4)
-
-    def step():
-        loss, _ = student(batch)
-        loss.sum().backward()
-        opt.step()
-        opt.zero_grad()
+    student = build_student(a.student, NC, x[:4], gor.quant)
+    teachers = TeacherSet(gor.teachers, {i: f"c{i}" for i in range(NC)})
+    step = stepper(student, batch, "auto")
 
     t_a = timed(step, a.steps)
     t_t = timed(lambda: teachers(x), a.steps)
     student.kd = build_kd_modules(student, teachers, gor.balance)
     attach_kd_criterion(student, teachers, gor)
-    opt = torch.optim.AdamW(student.parameters(), lr=1e-4)
+    step = stepper(student, batch, "auto")  # a fresh optimizer that also holds the adapters and the GoR scalars
     # gor_grad measures its gradient norms every grad_every steps: the mean over the steps is the amortised cost
     amortised = a.balance == "gor_grad"
     t_k = timed(step, a.steps, mean=amortised)

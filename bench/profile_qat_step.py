@@ -17,8 +17,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from kd_overhead import fake_batch  # noqa: E402  (bench/ is sys.path[0] when run as a script)
-from qat_step_time import NC, build_student, stepper  # noqa: E402
+from steps import NC, build_student, fake_batch, stepper  # noqa: E402  (bench/ is sys.path[0] when run as a script)
 
 import gor_det  # noqa: E402,F401
 

@@ -25,46 +25,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from kd_overhead import fake_batch  # noqa: E402  (bench/ is sys.path[0] when run as a script)
+from steps import NC, build_student, fake_batch, stepper  # noqa: E402  (bench/ is sys.path[0] when run as a script)
 
 import gor_det  # noqa: E402,F401
-
-NC = 12  # classes of the random student (the synthetic bench preset's)
-
-
-def build_student(cfg: str, nc: int, calib_images, quant=None):
-    """A random-init Ultralytics DetectionModel in train mode, with Ultralytics' default hyperparameters (for its loss);
-    with a ``QuantCfg``, prepared for QAT and calibrated on ``calib_images``."""
-    import torch
-    from ultralytics.nn.tasks import DetectionModel
-    from ultralytics.utils import DEFAULT_CFG_DICT, IterableSimpleNamespace
-
-    from gor_det.quant import calibrate, prepare_qat
-
-    torch.manual_seed(0)
-    m = DetectionModel(cfg, nc=nc, verbose=False)
-    m.args = IterableSimpleNamespace(**DEFAULT_CFG_DICT)
-    if quant is not None:
-        prepare_qat(m, quant)
-        calibrate(m.eval(), lambda mm: mm(calib_images), quant)
-    return m.train()
-
-
-def stepper(m, batch: dict, kernel: str):
-    """One training step of ``m`` on ``batch`` (forward + loss + backward + AdamW step) with the fake-quant kernels
-    chosen by ``kernel`` (``GOR_DET_FQ_KERNEL``: ``torch`` or ``auto``)."""
-    import torch
-
-    opt = torch.optim.AdamW(m.parameters(), lr=1e-5)
-
-    def step():
-        os.environ["GOR_DET_FQ_KERNEL"] = kernel
-        loss, _ = m(batch)
-        loss.sum().backward()
-        opt.step()
-        opt.zero_grad()
-
-    return step
 
 
 def main():
