@@ -5,8 +5,8 @@
     python bench/latency.py --model runs/x/weights/best.pt --sizes 320 640 --runs 50 --threads 2
 
 Rows: PyTorch FP32 (BN fused), ONNX Runtime FP32, ONNX Runtime INT8 Q/DQ (TensorRT-style symmetric int8 activations),
-ONNX Runtime INT8 with asymmetric uint8 activations (``gor.quant.a_symmetric: false``, the layout ORT's x86 integer
-kernels take), NCNN FP32, NCNN FP16 (NCNN's default fp16 storage/arithmetic), NCNN INT8 (learned scales).
+ONNX Runtime INT8 with asymmetric uint8 activations (``gor.quant.a_symmetric: false``), ONNX Runtime INT8 in the CPU
+layout (``onnx_ort_int8``: conv outputs quantized too, so ORT runs its integer kernels), NCNN FP32, NCNN FP16 (NCNN's default fp16 storage/arithmetic), NCNN INT8 (learned scales).
 INT8 models are made by PTQ calibration on random data here: the timing is what matters, not the accuracy.
 Writes <out>/latency.md and latency.json.
 """
@@ -95,7 +95,15 @@ def main():
     import torch
 
     from gor_det.engine.exporting import export_mode, float_model
-    from gor_det.export import NcnnBackend, OnnxBackend, export_ncnn, export_ncnn_int8, export_onnx, export_onnx_qdq
+    from gor_det.export import (
+        NcnnBackend,
+        OnnxBackend,
+        export_ncnn,
+        export_ncnn_int8,
+        export_onnx,
+        export_onnx_ort_int8,
+        export_onnx_qdq,
+    )
     from gor_det.quant import convert_for_export
 
     torch.set_num_threads(a.threads)
@@ -122,6 +130,9 @@ def main():
             OnnxBackend(export_onnx_qdq(dq_sym, sz, d / "qdq.onnx"), threads=a.threads), x)
         runtimes["ONNX Runtime INT8 Q/DQ (asymmetric uint8 act.)"] = (
             OnnxBackend(export_onnx_qdq(dq_asym, sz, d / "qdq_u8.onnx", strict=False), threads=a.threads), x)
+        calib = np.random.rand(4, 3, sz, sz).astype(np.float32)  # ranges only: timing does not depend on them
+        runtimes["ONNX Runtime INT8 (CPU layout, onnx_ort_int8)"] = (
+            OnnxBackend(export_onnx_ort_int8(dq_sym, sz, d / "ort_int8.onnx", calib), threads=a.threads), x)
         n_fp = export_ncnn(fp_exp, sz, d / "ncnn_fp32")
         runtimes["NCNN FP32"] = (NcnnBackend(n_fp.dir, threads=a.threads, fp16=False), x)
         runtimes["NCNN FP16 (ncnn default fp16 storage/arith)"] = (NcnnBackend(n_fp.dir, threads=a.threads, fp16=True), x)

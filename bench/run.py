@@ -148,11 +148,42 @@ def per_seed(xs: list[float], fmt: str) -> str:
     return " / ".join("-" if x != x else format(x, fmt) for x in xs)
 
 
+def paired(rows: list[dict], a: str, b: str) -> list[float]:
+    """Per-seed differences ``a - b`` in mAP50-95 points (x100), seed order, over the seeds both runs have: same seed
+    = same FP starting point, so the pairing removes the seed-to-seed spread the two runs share."""
+    by = {n: {r.get("seed", 0): r["mAP50-95"] for r in rows if r["name"] == n} for n in (a, b)}
+    return [100 * (by[a][s] - by[b][s]) for s in sorted(by[a].keys() & by[b].keys())]
+
+
+def mean_se(xs: list[float]) -> tuple[float, float]:
+    """Mean and its standard error (sample std / sqrt(n); NaN for n < 2)."""
+    m = statistics.mean(xs)
+    return m, (statistics.stdev(xs) / len(xs) ** 0.5 if len(xs) > 1 else float("nan"))
+
+
+def targets_table(rows: list[dict], targets: list[tuple[str, str, str, float]]) -> str:
+    """Markdown table of target checks ``(label, a, b, threshold)``: target ``a - b >= threshold`` (points). Verdict
+    on the mean of the paired per-seed differences; "(inside 1 s.e.)" flags a mean closer to the threshold than its
+    standard error, i.e. a verdict the seeds run do not resolve."""
+    lines = ["| target | a - b >= | per seed (points) | mean ± s.e. | seeds meeting it | verdict on the mean |",
+             "|---|---|---|---|---|---|"]
+    for label, a, b, thr in targets:
+        d = paired(rows, a, b)
+        if not d:
+            continue
+        m, se = mean_se(d)
+        verdict = "met" if m >= thr else "not met"
+        if se == se and abs(m - thr) < se:
+            verdict += " (inside 1 s.e.)"
+        lines.append(f"| {label}: `{a}` - `{b}` | {thr:+.1f} | {per_seed(d, '+.2f')} | {m:+.2f} ± {se:.2f} | "
+                     f"{sum(x >= thr for x in d)} of {len(d)} | {verdict} |")
+    return "\n".join(lines) + "\n"
+
+
 def table(rows: list[dict], names: list[str], ref: str | None = None) -> str:
     """Markdown table, one line per run name: mean ± std over seeds, the per-seed mAP50-95 and s/iteration (seed
     order; s/iteration per seed because rows may have run under different conditions), and with ``ref`` the paired
-    per-seed difference ``run - ref`` (same seed = same FP starting point) and its mean, in mAP50-95 points (x100)."""
-    refs = {r.get("seed", 0): r["mAP50-95"] for r in rows if r["name"] == ref}
+    per-seed difference ``run - ref`` (:func:`paired`) and its mean, in mAP50-95 points (x100)."""
     head = "| run | seeds | mAP50-95 (pycocotools) | per seed |" + (f" vs {ref} (points, paired) |" if ref else "")
     head += " mAP50 | Ultralytics val mAP50-95 | wall time (s) | s/iteration |\n"
     head += "|---|---|---|---|" + ("---|" if ref else "") + "---|---|---|---|\n"
@@ -166,7 +197,7 @@ def table(rows: list[dict], names: list[str], ref: str | None = None) -> str:
 
         delta = ""
         if ref:
-            d = [100 * (r["mAP50-95"] - refs[r.get("seed", 0)]) for r in rs if r.get("seed", 0) in refs]
+            d = paired(rows, n, ref)
             mean = f" (mean {statistics.mean(d):+.2f})" if len(d) > 1 else ""
             delta = f" {per_seed(d, '+.2f')}{mean} |" if d else " - |"
         lines.append(f"| {n} | {len(rs)} | {col('mAP50-95')} | {per_seed([r['mAP50-95'] for r in rs], '.4f')} |{delta} "

@@ -106,9 +106,10 @@ class QuantCfg:
 class ExportCfg:
     """Defaults for ``tools/export_det.py``."""
 
-    formats: list[str] = field(default_factory=lambda: ["onnx_qdq", "onnx", "ncnn"])
+    formats: list[str] = field(default_factory=lambda: ["onnx_qdq", "onnx", "ncnn", "onnx_ort_int8"])
     imgsz: int | None = None  # None: the training imgsz
     parity_images: list[str] | None = None  # None: Ultralytics' bundled bus.jpg and zidane.jpg
+    calib_images: int = 32  # onnx_ort_int8: training images calibrating the ranges QAT did not learn (with --data)
 
 
 @dataclass
@@ -227,6 +228,8 @@ def parse_gor(section: dict | None) -> GorCfg:
     cfg = _build(GorCfg, section, "gor")
     if cfg.balance.grad_every < 1:
         raise ConfigError(f"gor.balance.grad_every={cfg.balance.grad_every} must be >= 1 (1: measure every step)")
+    if cfg.export.calib_images < 1:
+        raise ConfigError(f"gor.export.calib_images={cfg.export.calib_images} must be >= 1 (e.g. 32)")
     q = cfg.quant
     if q is not None:
         for name in ("w_bits", "a_bits"):

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The main job on built-in synthetic data, offline, on CPU:
 #   synthetic data -> FP YOLOv8s teacher -> FP YOLOv8n baseline -> W8A8 QAT+KD+GoR YOLOv8n student
-#   -> COCO eval (pycocotools) of every model -> export of the student (ONNX Q/DQ, ONNX FP, NCNN FP/INT8) + eval.
+#   -> COCO eval (pycocotools) of every model -> export of the student (ONNX Q/DQ, ONNX FP, NCNN FP/INT8,
+#   ONNX Runtime CPU INT8) + eval.
 # Extra arguments are passed to every training run (e.g. `bash scripts/demo.sh epochs=2` for a smoke run).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -16,5 +17,6 @@ STUDENT=runs/demo/student_qat_kd_gor/weights/best.pt
 $PY tools/export_det.py --model "$STUDENT" --data "$DATA" --out runs/demo/export
 $PY tools/val_det.py --data "$DATA" --out runs/demo/eval --table runs/demo/results.md \
   --model runs/demo/teacher/weights/best.pt runs/demo/student_fp/weights/best.pt "$STUDENT" \
-          runs/demo/export/best_qdq.onnx runs/demo/export/best_fp32.onnx runs/demo/export/best_ncnn_int8
+          runs/demo/export/best_qdq.onnx runs/demo/export/best_fp32.onnx runs/demo/export/best_ncnn_int8 \
+          runs/demo/export/best_ort_int8.onnx
 echo "mAP table: runs/demo/results.md"

@@ -44,6 +44,7 @@ def test_quant_shorthand():
         (["gor.quant.w_bits=9"], "gor.quant.w_bits=9 is out of range; use 2..8"),
         (["gor.balance.grad_every=0"], "gor.balance.grad_every=0 must be >= 1 (1: measure every step)"),
         (["gor.quant.start_epoch=-1"], "gor.quant.start_epoch=-1 must be >= 0 (0: quantize from the first epoch)"),
+        (["gor.export.calib_images=0"], "gor.export.calib_images=0 must be >= 1 (e.g. 32)"),
         (["gor.quant.w_bits=x"], "gor.quant.w_bits must be a number, got 'x'"),
         (["epochs"], "override 'epochs' must look like key=value"),
     ],

@@ -68,14 +68,30 @@ def test_evaluate_artifact_uses_the_checkpoints_own_imgsz(fp_and_ptq, tiny_data,
 def test_export_det_qat_then_val_exports(fp_and_ptq, tiny_data, tmp_path):
     _, q = fp_and_ptq
     out = cli("tools/export_det.py", "--model", str(q), "--out", str(tmp_path / "exp"), "--formats", "onnx_qdq",
-              "onnx", "ncnn", "engine", "--imgsz", "64", "--data", str(tiny_data))
+              "onnx", "ncnn", "onnx_ort_int8", "engine", "--imgsz", "64", "--data", str(tiny_data))
     assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-3000:]
     rep = json.loads((tmp_path / "exp" / "export.json").read_text())
-    for k in ("onnx", "onnx_qdq", "ncnn_fp32", "ncnn_int8"):
+    for k in ("onnx", "onnx_qdq", "ncnn_fp32", "ncnn_int8", "onnx_ort_int8"):
         assert rep["exports"][k]["ok"], (k, rep["exports"][k])
+    assert rep["exports"]["onnx_ort_int8"]["calibration"] == f"24 train images of {tiny_data}"  # all 24 of tiny
     assert rep["exports"]["onnx_qdq"]["qdq_rules_ok"]
     assert "trtexec --onnx=" in rep["exports"]["engine"]["trtexec"]
     assert "mAP50-95" in out.stdout and (tmp_path / "exp" / "eval" / "ncnn_int8" / "metrics.json").exists()
+
+
+def test_calibration_images_from_data_then_run_data_then_parity_images(tiny_data, tmp_path):
+    from types import SimpleNamespace
+
+    from gor_det.engine.exporting import calibration_images
+
+    trained_on = SimpleNamespace(args={"data": str(tiny_data)})
+    ims, src = calibration_images(trained_on, None, 5, 32)
+    assert ims.shape == (5, 3, 32, 32) and src == f"5 train images of {tiny_data}"
+    ims, src = calibration_images(SimpleNamespace(args={"data": "gone.yaml"}), tiny_data, 100, 32)
+    assert len(ims) == 24 and src.startswith("24 train images")  # --data first; fewer images than asked: all
+    with pytest.warns(UserWarning, match="pass --data"):
+        ims, src = calibration_images(SimpleNamespace(args={}), None, 5, 32)
+    assert len(ims) == 2 and "bus.jpg" in src
 
 
 @pytest.mark.parametrize("kind", ["missing", "corrupt_pt", "corrupt_onnx"])

@@ -186,12 +186,12 @@ def test_ncnn_int8_keeps_asymmetric_layers_float(tmp_path):
     assert not be.int8 and np.abs(be(x)[:, 4:] - ref[:, 4:]).max() < 0.05  # float NCNN vs fake-quant torch
 
 
-def test_unused_modules_are_those_not_reaching_the_output():
+def testunused_modules_are_those_not_reaching_the_output():
     """The dead-code filter behind the YOLO26 case: a conv computed but not returned is unused; one on the output path
     is not (so a genuinely unmatched conv still raises in export_ncnn_int8)."""
     from torch import nn
 
-    from gor_det.export.ncnn_export import _unused_modules
+    from gor_det.export.ncnn_export import unused_modules
 
     class TwoBranches(nn.Module):
         def __init__(self):
@@ -203,7 +203,7 @@ def test_unused_modules_are_those_not_reaching_the_output():
             return self.used(x)
 
     m = TwoBranches()
-    assert _unused_modules(m, {"used", "dead"}, 16) == {"dead"}
-    assert _unused_modules(m, {"dead"}, 16) == {"dead"}
-    assert _unused_modules(m, {"used"}, 16) == set()
+    assert unused_modules(m, {"used", "dead"}, 16) == {"dead"}
+    assert unused_modules(m, {"dead"}, 16) == {"dead"}
+    assert unused_modules(m, {"used"}, 16) == set()
     assert m.used.weight.grad is None  # worked on a copy

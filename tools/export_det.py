@@ -4,8 +4,9 @@
     python tools/export_det.py --model runs/x/weights/best.pt --out runs/x/export
     python tools/export_det.py --model best.pt --formats onnx_qdq ncnn --imgsz 320 --data data.yaml   # + mAP of each
 
-Formats: onnx_qdq (TensorRT INT8, learned scales), onnx (FP32), ncnn (FP32 and, for QAT students, INT8), engine
-(TensorRT, where tensorrt and a GPU exist; otherwise the trtexec line for the Jetson is printed).
+Formats: onnx_qdq (TensorRT INT8, learned scales), onnx (FP32), ncnn (FP32 and, for QAT students, INT8),
+onnx_ort_int8 (ONNX Runtime CPU INT8: learned scales + ranges calibrated on --data's, else the run's, training images),
+engine (TensorRT, where tensorrt and a GPU exist; otherwise the trtexec line for the Jetson is printed).
 """
 
 import argparse
@@ -23,13 +24,15 @@ def main():
     ap.add_argument("--formats", nargs="+", help="default: the run's gor.export.formats, else onnx_qdq onnx ncnn")
     ap.add_argument("--imgsz", type=int, help="default: the training imgsz")
     ap.add_argument("--images", nargs="*", help="parity images (default: Ultralytics' bus.jpg and zidane.jpg)")
-    ap.add_argument("--data", help="also evaluate every export on this dataset's val split (COCO mAP)")
+    ap.add_argument("--data", help="evaluate every export on this dataset's val split (COCO mAP); its train images "
+                    "calibrate onnx_ort_int8")
     a = ap.parse_args()
     from gor_det.engine.exporting import ExportCheckError, export_student
 
     out = Path(a.out) if a.out else Path(a.model).resolve().parent.parent / "export"
     try:
-        report = export_student(a.model, out, formats=a.formats, imgsz=a.imgsz, parity_images=a.images)
+        report = export_student(a.model, out, formats=a.formats, imgsz=a.imgsz, parity_images=a.images,
+                                data=a.data)
     except ExportCheckError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1

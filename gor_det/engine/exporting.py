@@ -7,6 +7,9 @@ Formats (``gor.export.formats`` or ``--formats``):
   Checked by :func:`gor_det.export.check_qdq` (TensorRT rules) and against the PyTorch fake-quant model.
 * ``onnx``: plain FP32 ONNX of the float model (QAT stripped) for comparison.
 * ``ncnn``: NCNN FP32 via pnnx, and for a QAT student NCNN INT8 whose scales are the learned ones.
+* ``onnx_ort_int8``: INT8 ONNX for ONNX Runtime on CPU (:mod:`gor_det.export.ort_int8`): the learned scales plus
+  calibrated ranges on the tensors ORT's integer kernels also need quantized (calibration images: ``calib_images``
+  training images of ``--data``, else of the run's own dataset, else the parity images).
 * ``engine``: a TensorRT engine when tensorrt and a GPU are present; otherwise the exact ``trtexec`` line is printed.
 
 Every export is compared with its PyTorch reference on real images (Ultralytics' bundled ``bus.jpg``/``zidane.jpg``
@@ -27,7 +30,7 @@ from gor_det.engine.checkpoint import deployable
 from gor_det.engine.evaluate import load_model, train_imgsz
 from gor_det.quant import convert_for_export, is_qat, strip_qat
 
-FORMATS = ("onnx_qdq", "onnx", "ncnn", "engine")
+FORMATS = ("onnx_qdq", "onnx", "ncnn", "onnx_ort_int8", "engine")
 
 # Parity tolerances (see docs/evaluation.md): FP exports must match PyTorch closely; INT8 runtimes are compared with
 # the PyTorch fake-quant model, where a rounding flip at a step boundary moves single values by one step.
@@ -65,12 +68,14 @@ def export_student(
     imgsz: int | None = None,
     parity_images=None,
     opset: int = 17,
+    data: str | Path | None = None,
 ) -> dict:
     """Export ``model_path`` to every requested format under ``out_dir``; returns (and writes ``export.json``) a report
     ``{format: {"path", "parity": {...}, "ok", ...}}``. Raises ExportCheckError if any check failed.
 
     ``formats``, ``imgsz``, ``parity_images`` default to the run's ``gor.export`` section (recorded in the
-    checkpoint), then to all formats / the training imgsz / Ultralytics' bundled images."""
+    checkpoint), then to all formats / the training imgsz / Ultralytics' bundled images. ``data`` (a dataset yaml)
+    supplies the calibration images of ``onnx_ort_int8`` (default: the run's own training data)."""
     from gor_det.export import (
         TorchBackend,
         check_qdq,
@@ -78,6 +83,7 @@ def export_student(
         export_ncnn,
         export_ncnn_int8,
         export_onnx,
+        export_onnx_ort_int8,
         export_onnx_qdq,
         load_backend,
         trtexec_command,
@@ -127,6 +133,14 @@ def export_student(
         if qat:
             m8 = export_ncnn_int8(deploy, imgsz, out / f"{stem}_ncnn_int8")
             check("ncnn_int8", m8.dir, q_ref, INT8_TOL)
+    if "onnx_ort_int8" in formats:
+        if not qat:
+            print("[onnx_ort_int8] skipped: the model has no gor_det quantizers (train with gor.quant, or PTQ it first)")
+        else:
+            calib, source = calibration_images(ckpt_model, data, ecfg.calib_images, imgsz, parity_images)
+            print(f"[onnx_ort_int8] calibrating the non-learned ranges on {len(calib)} images ({source})")
+            p = export_onnx_ort_int8(deploy, imgsz, out / f"{stem}_ort_int8.onnx", calib, opset=opset)
+            check("onnx_ort_int8", p, q_ref, INT8_TOL, {"calibration": source})
     if "engine" in formats:
         report["exports"]["engine"] = _tensorrt(out, stem, qat)
     (out / "export.json").write_text(json.dumps(report, indent=2))
@@ -134,6 +148,31 @@ def export_student(
     if failed:
         raise ExportCheckError(f"export check failed for {', '.join(failed)}: see {out / 'export.json'}")
     return report
+
+
+def calibration_images(model: nn.Module, data, n: int, imgsz: int, parity_images=None):
+    """``(images (N, 3, H, W) float32, where from)``: ``n`` training images spread evenly over the train split of
+    ``data``, else of the dataset the checkpoint was trained on (when that yaml exists here), else the parity
+    images (with a warning: two images calibrate poorly)."""
+    import warnings
+
+    from gor_det.eval.predict import image_files
+    from gor_det.export import default_images, load_images
+
+    args = getattr(model, "args", None) or {}
+    run_data = args.get("data") if isinstance(args, dict) else getattr(args, "data", None)
+    for src in (data, run_data):
+        if src and Path(src).is_file():
+            try:
+                files = image_files(src, "train")
+            except (FileNotFoundError, ValueError):
+                continue
+            step = max(1, len(files) // n)
+            return load_images(files[::step][:n], imgsz), f"{min(n, len(files[::step]))} train images of {src}"
+    warnings.warn("onnx_ort_int8: no training images found (pass --data): calibrating on the parity images only",
+                  stacklevel=2)
+    paths = parity_images or default_images()
+    return load_images(paths, imgsz), f"parity images {[Path(p).name for p in paths]}"
 
 
 def _tensorrt(out: Path, stem: str, qat: bool) -> dict:

@@ -1,4 +1,4 @@
-"""gor_det.export: ONNX (FP and TensorRT-style Q/DQ), NCNN (FP and INT8 from QAT scales), TensorRT, runtimes, parity.
+"""gor_det.export: ONNX (FP, TensorRT-style Q/DQ, ONNX Runtime CPU INT8), NCNN (FP and INT8 from QAT scales), TensorRT, runtimes, parity.
 
 Importing this package imports none of onnx, onnxruntime, onnxslim, pnnx, ncnn or tensorrt: every function imports
 what it needs and raises ``RuntimeError("... pip install 'gor_det[export]'")`` when it is missing. Nothing here
@@ -10,6 +10,7 @@ from gor_det.export._deps import ModelFileError
 from gor_det.export.check_qdq import QdqReport, Violation, check_qdq
 from gor_det.export.ncnn_export import NcnnModel, export_ncnn, export_ncnn_int8
 from gor_det.export.onnx_export import export_onnx, export_onnx_qdq
+from gor_det.export.ort_int8 import export_onnx_ort_int8
 from gor_det.export.parity import ParityReport, compare_backends, compare_outputs, default_images, load_images
 from gor_det.export.qdq import fold_qdq_weights
 from gor_det.export.runtimes import NcnnBackend, OnnxBackend, TensorRTBackend, TorchBackend, load_backend
@@ -34,6 +35,7 @@ __all__ = [
     "export_ncnn",
     "export_ncnn_int8",
     "export_onnx",
+    "export_onnx_ort_int8",
     "export_onnx_qdq",
     "fold_qdq_weights",
     "load_backend",

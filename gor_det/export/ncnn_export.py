@@ -381,7 +381,7 @@ def _quant_reason(q: dict) -> str | None:
     return None
 
 
-def _unused_modules(model: nn.Module, names: set, imgsz) -> set:
+def unused_modules(model: nn.Module, names: set, imgsz) -> set:
     """The modules among ``names`` (with a ``weight``) whose weight does not reach the output of ``model``'s forward
     on the export dummy input: what pnnx's trace drops as dead code (YOLO26's one-to-one head branch, computed but
     not returned in export mode). Found by a backward pass on a copy."""
@@ -464,7 +464,7 @@ def export_ncnn_int8(deploy_model: nn.Module, imgsz, out_dir, write_table: bool 
         warnings.warn(f"NCNN INT8: {len(names)} quantized conv(s) stay float ({reason}): {names[:4]}...", stacklevel=2)
     missing = set(info) - used
     if missing:  # dead code pnnx dropped is not missing (YOLO26's one-to-one branch: export keeps the one-to-many one)
-        missing = sorted(missing - _unused_modules(float_model, missing, imgsz))
+        missing = sorted(missing - unused_modules(float_model, missing, imgsz))
     if missing:
         raise ValueError(f"NCNN INT8: no pnnx conv layer matches the weights of {missing[:5]} ({len(missing)} total)")
 

@@ -5,8 +5,8 @@
 
 Measured (yolov8n, 320 px, ONNX Runtime 1.32, 2 threads): rewriting the activation Q/DQ to uint8 / zero point 128 (the
 same grid) does NOT reach ORT's integer kernels (57 ms vs 56 ms int8, FP32 45 ms): its QLinearConv fusion also needs
-a Q on the conv output, which TensorRT-style graphs do not have. So there is no CPU flavour here; run INT8 on CPU
-with NCNN (:mod:`gor_det.export.ncnn_export`).
+a Q on the conv output, which TensorRT-style graphs do not have. The CPU flavour is :mod:`gor_det.export.ort_int8`
+(Q/DQ on the conv outputs too), or NCNN INT8 (:mod:`gor_det.export.ncnn_export`).
 """
 
 from __future__ import annotations

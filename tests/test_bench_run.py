@@ -1,0 +1,55 @@
+"""Tests of the benchmark harness's tables (bench/run.py): paired differences, their standard error, target verdicts."""
+
+import importlib.util
+import math
+from pathlib import Path
+
+import pytest
+
+_spec = importlib.util.spec_from_file_location("bench_run", Path(__file__).resolve().parents[1] / "bench/run.py")
+bench_run = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(bench_run)
+
+
+def rows(name, maps):
+    """result.json rows of run ``name``: {seed: mAP50-95}."""
+    return [{"name": name, "seed": s, "mAP50-95": m} for s, m in maps.items()]
+
+
+ROWS = (rows("a", {0: 0.300, 1: 0.310, 2: 0.320, 3: 0.330})
+        + rows("b", {0: 0.295, 1: 0.312, 2: 0.310})       # no seed 3: pairs only over seeds 0-2
+        + rows("c", {0: 0.280, 1: 0.290, 2: 0.300, 3: 0.310}))
+
+
+def test_paired_differences_in_points_over_shared_seeds():
+    assert bench_run.paired(ROWS, "a", "b") == pytest.approx([0.5, -0.2, 1.0])
+    assert bench_run.paired(ROWS, "a", "c") == pytest.approx([2.0, 2.0, 2.0, 2.0])
+    assert bench_run.paired(ROWS, "a", "missing") == []
+
+
+def test_mean_and_standard_error():
+    m, se = bench_run.mean_se([0.5, -0.2, 1.0])
+    assert m == pytest.approx(1.3 / 3)
+    sd = math.sqrt(sum((x - 1.3 / 3) ** 2 for x in [0.5, -0.2, 1.0]) / 2)
+    assert se == pytest.approx(sd / math.sqrt(3))
+    assert math.isnan(bench_run.mean_se([1.0])[1])
+
+
+def test_targets_table_verdicts():
+    text = bench_run.targets_table(ROWS, [("A>=B", "a", "b", 0.0), ("A>=C+3", "a", "c", 3.0),
+                                          ("A>=B+0.6", "a", "b", 0.6), ("gone", "a", "missing", 0.0)])
+    lines = text.strip().splitlines()
+    assert len(lines) == 2 + 3  # header, rule, three targets (no row for a pair without shared seeds)
+    a_b, a_c, a_b6 = lines[2:]
+    # mean +0.43, s.e. 0.35: above 0 by more than 1 s.e.
+    assert "+0.50 / -0.20 / +1.00" in a_b and "+0.43 ± 0.35" in a_b and "2 of 3" in a_b and a_b.endswith("| met |")
+    # constant +2.00 (s.e. 0): clearly below +3
+    assert "+2.00 ± 0.00" in a_c and "0 of 4" in a_c and a_c.endswith("| not met |")
+    # mean +0.43 vs +0.6: short by less than its s.e.
+    assert "1 of 3" in a_b6 and a_b6.endswith("| not met (inside 1 s.e.) |")
+
+
+def test_table_paired_column_uses_the_reference_seeds():
+    text = bench_run.table(ROWS, ["a", "b"], ref="b")
+    a_line = next(ln for ln in text.splitlines() if ln.startswith("| a |"))
+    assert "+0.50 / -0.20 / +1.00 (mean +0.43)" in a_line
