@@ -102,7 +102,7 @@ def plan_quantization(graph, info: dict) -> tuple[dict, list[str], dict[str, str
             raise ValueError(f"{mname}: signed activation quantizer with a zero point is not representable in uint8")
         zp = 128 if q["act_signed"] else int(round(q["act_zero_point"]))  # int8 grid q == uint8 grid q + 128
         wants.setdefault(n.input[0], []).append((n, float(np.float32(q["act_scale"])), zp))
-    consumers, producer = _graph_maps(graph)
+    _, producer = _graph_maps(graph)
     groups: dict[str, list] = {}  # tensor whose quantization a conv input inherits -> [(conv, scale, zp, tied ops)]
     for x, convs in wants.items():
         t, tied = x, []
@@ -152,7 +152,7 @@ def export_onnx_ort_int8(deploy_model: torch.nn.Module, imgsz, path, calib_image
     """Write the ONNX Runtime CPU INT8 model of a ``quant.convert_for_export`` model (module docstring); returns the
     path. ``calib_images``: float32 ``(N, 3, H, W)`` RGB 0..1, letterboxed like evaluation (e.g. 16-64 training
     images) for the ranges the QAT model did not learn. ``ValueError`` when the model has no quantized conv."""
-    require("onnx")
+    onnx = require("onnx")
     require("onnxruntime")
     from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
 
@@ -164,7 +164,6 @@ def export_onnx_ort_int8(deploy_model: torch.nn.Module, imgsz, path, calib_image
         raise ValueError("no quantized conv in the model: pass the output of gor_det.quant.convert_for_export")
     if len(calib_images) == 0:
         raise ValueError("calib_images is empty: the non-learned ranges need calibration images")
-    onnx = require("onnx")
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
 
