@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Rewrite the benchmark tables in docs/ from the result.json files under bench/out/synthetic/ (no training).
+"""Rewrite the benchmark tables in docs/ from the result.json files under bench/results/synthetic/ (no training).
 
     python bench/fill_docs.py            # after bench/reproduce.sh (or any subset of its rows)
 
@@ -16,7 +16,6 @@ import csv
 import json
 import platform
 import sys
-from datetime import datetime, timezone
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -24,7 +23,7 @@ sys.path.insert(0, str(ROOT / "bench"))
 
 from run import table, targets_table  # noqa: E402  (bench/run.py)
 
-OUT = ROOT / "bench/out/synthetic"
+OUT = ROOT / "bench/results/synthetic"  # committed: bench/run.py --results
 REF = {"docs/quantization.md": "fp_v8n_ft", "docs/gor.md": "fp_v8n_ft"}  # paired-difference column against this row
 DOCS = {
     "docs/synthetic-benchmark.md": ["teacher_v8s", "teacher_v11s", "fp_v8n"],
@@ -43,7 +42,7 @@ def rows_of(names: list[str]) -> tuple[list[dict], list[str]]:
     for n in names:
         for f in sorted((OUT / n).glob("seed*/result.json")):
             rows.append(json.loads(f.read_text()))
-            days.add(datetime.fromtimestamp(f.stat().st_mtime, timezone.utc).date().isoformat())
+            days.add(rows[-1]["date"])
     return rows, sorted(days)
 
 

@@ -11,6 +11,11 @@ A suite YAML holds ``data`` (synthetic preset, generated when missing), ``common
 ``distill_model``). Strings may use ``{out}`` (the suite's output dir) and ``{seed}``. A run whose ``result.json``
 exists is not re-run, so an interrupted benchmark continues where it stopped.
 
+Weights and training logs go to ``--out`` (default ``bench/out/<suite>``, not tracked by git); each finished row's
+``result.json`` (the numbers, the date and the machine) and its Ultralytics ``results.csv`` are also written to
+``--results`` (default ``bench/results/<suite>``), which is committed: the tables in docs/ are regenerated from it
+(``bench/fill_docs.py``) on any checkout, without the weights.
+
 Every row is scored the same way: pycocotools mAP on the val split of the best checkpoint (gor_det.eval), next to
 Ultralytics' own val mAP from the trainer; wall time covers the whole run; s/it is the median interval between
 consecutive training batches (forward, backward, optimizer step, EMA and data loading), epoch 1 excluded.
@@ -20,7 +25,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
+import shutil
 import statistics
 import sys
 import time
@@ -91,7 +98,10 @@ def train_row(run: dict, common: dict, extra: list[str], key: dict, out_dir: Pat
         trainer.add_callback("on_train_start", set_threads)
     trainer.train()
     m = trainer.metrics or {}
-    return {"weights": str(trainer.best if trainer.best.exists() else trainer.last), "s_per_it": timer.s_per_it,
+    weights = Path(trainer.best if trainer.best.exists() else trainer.last).resolve()
+    if weights.is_relative_to(Path.cwd()):  # result.json is committed: no machine-specific prefix
+        weights = weights.relative_to(Path.cwd())
+    return {"weights": str(weights), "s_per_it": timer.s_per_it,
             "ul_mAP50-95": float(m.get("metrics/mAP50-95(B)", float("nan"))),
             "ul_mAP50": float(m.get("metrics/mAP50(B)", float("nan"))),
             "imgsz": int(cfg.ultralytics.get("imgsz", 640)), "epochs": int(cfg.ultralytics.get("epochs", 0))}
@@ -109,9 +119,10 @@ def ptq_row(run: dict, common: dict, key: dict, out_dir: Path, data: Path) -> di
     return {"weights": str(path), "s_per_it": float("nan"), "imgsz": imgsz, "epochs": 0}
 
 
-def run_one(run, suite, extra, key, out_root: Path, data: Path) -> dict:
+def run_one(run, suite, extra, key, out_root: Path, res_root: Path, data: Path) -> dict:
     out_dir = out_root / run["name"] / f"seed{key['seed']}"
-    done = out_dir / "result.json"
+    res_dir = res_root / run["name"] / f"seed{key['seed']}"
+    done = res_dir / "result.json"
     if done.exists():
         return json.loads(done.read_text())
     from gor_det.engine.evaluate import evaluate_artifact, write_json
@@ -129,9 +140,22 @@ def run_one(run, suite, extra, key, out_root: Path, data: Path) -> dict:
         row["wall_s"] = time.time() - t0
         write_json(row, trained)
     m = evaluate_artifact(row["weights"], data, row["imgsz"], out_dir / "coco_eval")
-    row.update({"name": run["name"], "seed": key["seed"], "mAP50-95": m["mAP50-95"], "mAP50": m["mAP50"]})
+    row.update({"name": run["name"], "seed": key["seed"], "mAP50-95": m["mAP50-95"], "mAP50": m["mAP50"],
+                "date": date.today().isoformat(), "machine": machine()})
+    if (out_dir / "results.csv").exists():  # the per-epoch log (losses, GoR weights), kept with the numbers
+        res_dir.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(out_dir / "results.csv", res_dir / "results.csv")
     write_json(row, done)
     return row
+
+
+def machine() -> str:
+    """``x86_64, 2 CPU cores, torch 2.14.1+cu130, ultralytics 8.4.190``: where a row ran."""
+    import torch
+    import ultralytics
+
+    return (f"{platform.machine()}, {os.cpu_count()} CPU cores, torch {torch.__version__}, "
+            f"ultralytics {ultralytics.__version__}")
 
 
 def mean_std(xs):
@@ -212,7 +236,8 @@ def main():
     ap.add_argument("--seeds", type=int, nargs="*")
     ap.add_argument("--ref", help="add a column: paired per-seed difference to this run (e.g. fp_v8n_ft)")
     ap.add_argument("--only", nargs="*", help="run names to (re)run; others are read from their result.json if present")
-    ap.add_argument("--out", help="output dir (default bench/out/<suite name>)")
+    ap.add_argument("--out", help="weights and logs (default bench/out/<suite name>)")
+    ap.add_argument("--results", help="result.json + results.csv per row, committed (default bench/results/<suite name>)")
     ap.add_argument("--table-only", action="store_true",
                     help="run nothing: tabulate the finished rows (those in --only, in that order; else all, in suite order)")
     ap.add_argument("overrides", nargs="*", help="key=value applied to every training run")
@@ -228,27 +253,26 @@ def main():
     d = suite["data"]
     data = make_synthetic(d.get("root", f"datasets/synth_{d['preset']}"), preset=d["preset"], seed=d.get("seed", 0))
     out_root = Path(a.out or Path("bench/out") / Path(a.suite).stem)
+    res_root = Path(a.results or Path("bench/results") / Path(a.suite).stem)
     seeds = a.seeds if a.seeds else suite.get("seeds", [0])
     rows = []
     for run in suite["runs"]:
         run_seeds = run.get("seeds", seeds) if not a.seeds else [s for s in seeds if s in run.get("seeds", seeds)]
         for seed in run_seeds:
             key = {"out": str(out_root), "seed": seed}
-            out_dir = out_root / run["name"] / f"seed{seed}"
+            done = res_root / run["name"] / f"seed{seed}" / "result.json"
             if a.table_only or (a.only and run["name"] not in a.only):
-                if (out_dir / "result.json").exists():
-                    rows.append(json.loads((out_dir / "result.json").read_text()))
+                if done.exists():
+                    rows.append(json.loads(done.read_text()))
                 continue
             print(f"\n=== bench: {run['name']} seed {seed} ===", flush=True)
-            rows.append(run_one(run, suite, a.overrides, key, out_root, data))
+            rows.append(run_one(run, suite, a.overrides, key, out_root, res_root, data))
     names = [r["name"] for r in suite["runs"]]
     if a.table_only and a.only:  # the rows asked for, in the order asked (bench/fill_docs.py's tables)
         names = [n for n in a.only if n in names]
     md = table(rows, names, a.ref)
     cmd = "python bench/run.py " + " ".join(sys.argv[1:])
-    meta = (f"\nCommand: `{cmd}`  \nMachine: {platform.machine()} {platform.processor() or ''}, "
-            f"{__import__('os').cpu_count()} CPU cores, torch {__import__('torch').__version__}, "
-            f"ultralytics {__import__('ultralytics').__version__}  \nDate: {date.today()}\n")
+    meta = f"\nCommand: `{cmd}`  \nMachine: {machine()}  \nDate: {date.today()}\n"
     if not a.table_only:
         out_root.mkdir(parents=True, exist_ok=True)
         (out_root / "results.md").write_text(md + meta)

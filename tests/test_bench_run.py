@@ -53,3 +53,27 @@ def test_table_paired_column_uses_the_reference_seeds():
     text = bench_run.table(ROWS, ["a", "b"], ref="b")
     a_line = next(ln for ln in text.splitlines() if ln.startswith("| a |"))
     assert "+0.50 / -0.20 / +1.00 (mean +0.43)" in a_line
+
+
+def test_run_one_archives_the_row_and_reuses_it(tiny_data, tmp_path):
+    """A finished row's result.json (numbers, date, machine) lands in the committed results dir, apart from the
+    weights; a second call reads it back instead of running the row again."""
+    import json
+
+    import torch
+    import yaml
+    from ultralytics.nn.tasks import DetectionModel
+
+    m = DetectionModel("yolov8n.yaml", nc=len(yaml.safe_load(open(tiny_data))["names"]), verbose=False)
+    torch.save({"model": m.half(), "train_args": {"imgsz": 64}}, tmp_path / "fp.pt")
+    run = {"name": "ptq_w8a8", "kind": "ptq", "weights": str(tmp_path / "fp.pt"), "quant": {"calib_batches": 1}}
+    suite = {"common": {"imgsz": 64}}
+    out, res = tmp_path / "out", tmp_path / "results"
+    row = bench_run.run_one(run, suite, [], {"out": str(out), "seed": 3}, out, res, tiny_data)
+    saved = json.loads((res / "ptq_w8a8/seed3/result.json").read_text())
+    assert json.dumps(saved) == json.dumps(row) and saved["seed"] == 3  # (dumps: s_per_it is NaN for PTQ) and 0 <= saved["mAP50-95"] <= 1
+    assert saved["date"] and "torch" in saved["machine"]
+    assert (out / "ptq_w8a8/seed3/weights/best.pt").exists() and not list(res.rglob("*.pt"))
+    (tmp_path / "fp.pt").unlink()  # nothing left to run from: the archived row must be what comes back
+    again = bench_run.run_one(run, suite, [], {"out": str(out), "seed": 3}, out, res, tiny_data)
+    assert json.dumps(again) == json.dumps(saved)

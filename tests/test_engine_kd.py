@@ -120,11 +120,8 @@ def test_qat_train_checkpoint_resume_bit_exact(tiny_data, tmp_path, bits):
     ov = tiny_overrides(tiny_data, tmp_path, f"qat{bits[0]}{bits[1]}", epochs=2)
     trainer = make_trainer_class(gor)(overrides=ov)
     trainer.add_callback("on_fit_epoch_end", stop_after_first_epoch)
-    fresh = []  # calibration drew batches from the persistent loader; epoch 1 must still start a fresh pass
-    trainer.add_callback("on_train_epoch_start", lambda tr: fresh.append(tr.train_loader.iterator is None))
     with pytest.raises(StopAfterFirstEpoch):
         trainer.train()
-    assert fresh == [True]
     groups = {g.get("param_group"): g for g in trainer.optimizer.param_groups}
     assert groups["quant_scale"]["weight_decay"] == 0
     ck = torch.load(trainer.last, weights_only=False)
@@ -148,9 +145,47 @@ def test_qat_train_checkpoint_resume_bit_exact(tiny_data, tmp_path, bits):
         assert torch.equal(seen["ema"][k], v), k
 
 
+class StopRecording(Exception):
+    pass
+
+
+def first_training_batches(gor, data, project, name, n=3):
+    """File names and augmented pixels of the first ``n`` training batches of a 1-epoch run (calibration batches, read
+    before ``on_train_start``, are not recorded)."""
+    seen = []
+
+    class Recording(make_trainer_class(gor)):
+        started = False
+
+        def preprocess_batch(self, batch):
+            batch = super().preprocess_batch(batch)
+            if self.started:
+                seen.append((list(batch["im_file"]), batch["img"].clone()))
+                if len(seen) == n:
+                    raise StopRecording
+            return batch
+
+    trainer = Recording(overrides=tiny_overrides(data, project, name, batch=4, nbs=4))
+    trainer.add_callback("on_train_start", lambda tr: setattr(tr, "started", True))
+    with pytest.raises(StopRecording):
+        trainer.train()
+    return seen
+
+
+def test_calibration_leaves_the_training_stream_alone(tiny_data, tmp_path):
+    """QAT calibration reads a loader of its own and restores the random state: a QAT run trains on exactly the
+    batches (files, mosaic and augmented pixels) of the FP run with the same seed, so paired comparisons measure the
+    quantization. (Without the restore the calibration batches shift the sampler and augmentation streams.)"""
+    fp = first_training_batches(parse_gor({}), tiny_data, tmp_path, "fp")
+    qat = first_training_batches(parse_gor({"quant": {"calib_batches": 2}}), tiny_data, tmp_path, "qat")
+    for (files_fp, img_fp), (files_q, img_q) in zip(fp, qat, strict=True):
+        assert files_fp == files_q
+        assert torch.equal(img_fp, img_q)
+
+
 def test_qat_start_epoch_float_then_calibrated_quantization(tiny_data, tmp_path):
     """gor.quant.start_epoch=1: epoch 0 trains in float (quantizers off in model and EMA); epoch 1 starts with a fresh
-    calibration copied into the EMA, a fresh loader pass, quantizers on; best.pt is a quantization-trained epoch."""
+    calibration copied into the EMA, quantizers on; best.pt is a quantization-trained epoch."""
     from gor_det.quant import quant_modules, quant_state_dict
 
     gor = parse_gor({"quant": {"calib_batches": 2, "start_epoch": 1}, "threads": 2})
@@ -161,13 +196,13 @@ def test_qat_start_epoch_float_then_calibrated_quantization(tiny_data, tmp_path)
         flags = [(q.weight_q.enabled, q.act_q.enabled) for m in (tr.model, tr.ema.ema) for q in quant_modules(m).values()]
         same = all(torch.equal(a, b) for a, b in zip(quant_state_dict(tr.model).values(),
                                                       quant_state_dict(tr.ema.ema).values()))
-        seen.append((tr.epoch, {f for fl in flags for f in fl}, same, tr.train_loader.iterator is None, tr.best_fitness))
+        seen.append((tr.epoch, {f for fl in flags for f in fl}, same, tr.best_fitness))
 
     trainer.add_callback("on_train_epoch_start", record)
     trainer.train()
-    (e0, on0, _, _, _), (e1, on1, same1, fresh1, best1) = seen
+    (e0, on0, _, _), (e1, on1, same1, best1) = seen
     assert (e0, on0) == (0, {False}) and (e1, on1) == (1, {True})
-    assert same1 and fresh1 and best1 is None  # EMA got the new step sizes; epoch 1 = full pass; best race restarted
+    assert same1 and best1 is None  # the EMA got the new step sizes; the best-checkpoint race restarted
     ck = torch.load(trainer.best, weights_only=False)  # an epoch-0 checkpoint would hold switched-off quantizers
     assert all(q.act_q.enabled and q.weight_q.enabled for q in quant_modules(ck["model"]).values())
 

@@ -7,8 +7,10 @@ section every override falls through to the stock behaviour, so training is iden
 Where each piece lives (see docs/architecture.md):
 
 * QAT modules replace the student's convs in ``get_model`` (before the optimizer and EMA exist); the step sizes are
-  calibrated in ``build_optimizer``, the first hook that has both the model and the train loader, and runs before
-  ``ModelEMA`` copies the model, so the EMA starts calibrated. Resume restores them from the checkpoint instead.
+  calibrated in ``build_optimizer``, the first hook that has both the model and the dataset, and runs before
+  ``ModelEMA`` copies the model, so the EMA starts calibrated; calibration reads a loader of its own and leaves the
+  random state as it found it, so training sees the batches an FP run sees. Resume restores the step sizes from the
+  checkpoint instead.
 * ``model.kd`` (adapters + the two GoR scalars) is added in ``get_model``; teachers stay in a ``TeacherSet`` outside the
   module tree. The KD criterion is installed on the model and the EMA by the ``on_pretrain_routine_end`` callback.
 * The gor cfg is a class attribute of a per-run subclass made by :func:`make_trainer_class`: Ultralytics' DDP launcher
@@ -19,8 +21,12 @@ Where each piece lives (see docs/architecture.md):
 from __future__ import annotations
 
 import os
+import random
+from contextlib import contextmanager
+from copy import copy
 from pathlib import Path
 
+import numpy as np
 import torch
 import yaml
 from torch import nn
@@ -34,6 +40,21 @@ from gor_det.engine import callbacks as gcb
 from gor_det.engine.criterion import build_kd_modules
 from gor_det.engine.teachers import TeacherSet
 from gor_det.quant import calibrate, is_qat, prepare_qat, quant_scale_parameters
+
+
+@contextmanager
+def preserved_rng():
+    """Restore the Python, NumPy and torch (CPU, and CUDA when initialised) random states on exit."""
+    states = random.getstate(), np.random.get_state(), torch.get_rng_state()
+    cuda = torch.cuda.get_rng_state_all() if torch.cuda.is_available() and torch.cuda.is_initialized() else None
+    try:
+        yield
+    finally:
+        random.setstate(states[0])
+        np.random.set_state(states[1])
+        torch.set_rng_state(states[2])
+        if cuda is not None:
+            torch.cuda.set_rng_state_all(cuda)
 
 
 class GorDetectionTrainer(DetectionTrainer):
@@ -64,7 +85,7 @@ class GorDetectionTrainer(DetectionTrainer):
         qat_weights = weights is not None and is_qat(weights)
         model = super().get_model(cfg=cfg, weights=None if qat_weights else weights, verbose=verbose)
         if g.quantizing:
-            prepare_qat(model, g.quant)  # calibrated later, in build_optimizer, once the train loader exists
+            prepare_qat(model, g.quant)  # calibrated later, in build_optimizer, once the dataset is known
             # with start_epoch > 0 the step sizes are calibrated at that epoch (start_quantization), not now
             self._needs_calibration = not qat_weights and not self.args.resume and g.quant.start_epoch == 0
         if g.distilling:
@@ -108,22 +129,35 @@ class GorDetectionTrainer(DetectionTrainer):
         return optimizer
 
     def _calibrate(self, model: nn.Module) -> None:
-        """Initialise every quantizer's step size from ``calib_batches`` training batches (``gor.quant.calib``)."""
+        """Initialise every quantizer's step size from ``calib_batches`` training batches (``gor.quant.calib``).
+
+        The batches come from a loader of their own (same images, augmentation and batch size as training), and the
+        Python / NumPy / torch random states are restored afterwards: the training loader, its sampler and the
+        augmentation stream are left exactly as an FP run with the same seed sees them, so a QAT run and its FP
+        counterpart train on the same batches (a paired comparison measures the quantization, not a reshuffle)."""
         n = self.gor.quant.calib_batches
+        cache, self.args.cache = self.args.cache, False  # a second RAM/disk image cache would be wasted work
+        try:
+            with preserved_rng():
+                loader = self.get_dataloader(self.data["train"], self.batch_size // max(self.world_size, 1), -1, "train")
+                if not getattr(self.train_loader.dataset, "mosaic", True):  # past close_mosaic: calibrate on the same
+                    loader.dataset.close_mosaic(hyp=copy(self.args))
 
-        def forward_loop(m):
-            for i, batch in enumerate(self.train_loader):
-                if i >= n:
-                    break
-                m(self.preprocess_batch(batch)["img"])
+                def forward_loop(m):
+                    for i, batch in enumerate(loader):
+                        if i >= n:
+                            break
+                        m(self.preprocess_batch(batch)["img"])
 
-        LOGGER.info(f"gor_det: calibrating quantizers ({self.gor.quant.calib}, {n} batches)")
-        was_training = model.training
-        model.eval()
-        calibrate(model, forward_loop, self.gor.quant)
-        model.train(was_training)
-        if hasattr(self.train_loader, "reset"):  # InfiniteDataLoader: epoch 1 starts a fresh pass, not mid-sampler
-            self.train_loader.reset()
+                LOGGER.info(f"gor_det: calibrating quantizers ({self.gor.quant.calib}, {n} batches)")
+                was_training = model.training
+                model.eval()
+                calibrate(model, forward_loop, self.gor.quant)
+                model.train(was_training)
+                if hasattr(loader, "close"):
+                    loader.close()
+        finally:
+            self.args.cache = cache
         if torch.distributed.is_available() and torch.distributed.is_initialized():
             for p in quant_scale_parameters(model):  # every rank must start from rank 0's step sizes
                 torch.distributed.broadcast(p.data, src=0)
