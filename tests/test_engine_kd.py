@@ -308,3 +308,41 @@ def test_gor_grad_measures_gradient_norms_on_head_inputs(tiny_data, teacher_pt, 
     for _ in range(3):  # calls 1, 2, 3
         student(batch)
     assert len(measured) == 2 and float(seen["gnorm_task"]) > 0  # call 2 measured (both norms)
+
+
+def test_nan_recovery_restores_quantizers_adapters_and_scalars(tiny_data, teacher_pt, tmp_path):
+    """A NaN loss at the end of epoch 1: Ultralytics reloads last.pt (written after epoch 0) into the model and the EMA
+    and redoes the epoch. The quantizer state, adapters and GoR scalars must come back as saved (scalars exact,
+    through their int32 bits, though the checkpoint holds them in fp16), and training must then finish."""
+    from gor_det.quant import quant_state_dict
+
+    gor = parse_gor({"teachers": [teacher_pt], "quant": {"calib_batches": 2}, "balance": {"method": "gor", "lr": 0.05},
+                     "threads": 2})
+    trainer = make_trainer_class(gor)(overrides=tiny_overrides(tiny_data, tmp_path, "nan", epochs=2))
+    seen = {}
+
+    def poison(tr):
+        if tr.epoch == 1 and "saved" not in seen:
+            seen["saved"] = torch.load(tr.last, weights_only=False)["ema"]  # what the recovery must restore
+            tr.loss = torch.tensor(float("nan"))
+
+    def after_recovery(tr):  # the redone epoch 1 starts (gor_det's own epoch-start callbacks ran first)
+        if "saved" in seen and "model" not in seen:
+            seen["model"] = {"q": quant_state_dict(tr.model), "kd": {k: v.clone() for k, v in tr.model.kd.state_dict().items()},
+                             "s": (tr.model.kd["gor"].s_task.detach().clone(), tr.model.kd["gor"].s_kd.detach().clone())}
+            seen["ema_q"] = quant_state_dict(tr.ema.ema)
+
+    trainer.add_callback("on_train_epoch_end", poison)
+    trainer.add_callback("on_train_epoch_start", after_recovery)
+    trainer.train()
+    assert "model" in seen, "no NaN recovery happened"
+    saved = seen["saved"]
+    for k, v in quant_state_dict(saved).items():
+        assert torch.equal(seen["model"]["q"][k], v) and torch.equal(seen["ema_q"][k], v), k
+    for k, v in saved.kd["adapters"].state_dict().items():
+        assert torch.equal(seen["model"]["kd"]["adapters." + k], v.float()), k
+    exact = saved.kd["gor"].bits.view(torch.float32)
+    s_task, s_kd = seen["model"]["s"]
+    assert s_task.dtype == torch.float32 and torch.equal(torch.stack([s_task, s_kd]), exact)
+    assert float(exact[0]) != float(saved.kd["gor"].s_task.float())  # fp16 in the checkpoint: only the bits are exact
+    assert trainer.best.exists()

@@ -1,4 +1,5 @@
-"""Trainer callbacks: side effects only (threads, KD criterion install, BN freeze, the GoR plot).
+"""Trainer callbacks: side effects only (threads, KD criterion install, exact GoR scalars, QAT schedule, BN freeze,
+the GoR plot).
 
 Module-level functions taking the trainer, never bound methods or closures: Ultralytics pickles ``trainer.callbacks``
 for its DDP workers.
@@ -51,6 +52,21 @@ def attach_kd(trainer) -> None:
         attach_kd_criterion(trainer.ema.ema, trainer.teachers, trainer.gor)
 
 
+def exact_gor_scalars(trainer) -> None:
+    """On every epoch start: the GoR scalars from their exact float32 bits (model and EMA).
+
+    A no-op in normal training (the bits are synced after every optimizer step). After Ultralytics' NaN recovery,
+    which loads the fp16 checkpoint's EMA into the model and a fresh EMA, the scalars hold fp16-rounded values while
+    the int32 bits came back exact; this puts the exact values back before the redone epoch."""
+    if not trainer.gor.distilling:
+        return
+    from gor_det.balance import restore_from_bits
+
+    for m in (unwrap_model(trainer.model), trainer.ema.ema if trainer.ema is not None else None):
+        if m is not None and "gor" in getattr(m, "kd", {}):
+            restore_from_bits(m.kd["gor"])
+
+
 def freeze_bn_stats(trainer) -> None:
     """From ``gor.quant.freeze_bn_epoch`` on, folded BN uses its running statistics (train output == deploy output)."""
     q = trainer.gor.quant
@@ -101,6 +117,7 @@ TRAINER_CALLBACKS = [  # (event, callback) in the order they run
     ("on_pretrain_routine_end", attach_kd),
     ("on_train_start", set_threads),
     ("on_val_start", reapply_threads),
+    ("on_train_epoch_start", exact_gor_scalars),
     ("on_train_epoch_start", quant_schedule),
     ("on_train_epoch_start", freeze_bn_stats),
     ("on_train_end", plot_gor),
