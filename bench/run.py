@@ -27,6 +27,7 @@ import argparse
 import json
 import os
 import platform
+import re
 import shutil
 import statistics
 import sys
@@ -230,6 +231,56 @@ def table(rows: list[dict], names: list[str], ref: str | None = None) -> str:
     return head + "\n".join(lines) + "\n"
 
 
+def prerequisites(run: dict, seed: int, names: list[str], out_root: Path) -> set[tuple[str, int]]:
+    """The ``(row, seed)`` whose outputs ``run`` reads at ``seed``: every ``{out}/<row>/seed<k>/`` in its strings
+    (e.g. ``model: "{out}/fp_v8n/seed{seed}/weights/best.pt"`` -> ``("fp_v8n", seed)``)."""
+    text = json.dumps(fmt(run, {"out": str(out_root), "seed": seed}))
+    return {(n, int(k)) for n in names for k in re.findall(re.escape(f"{out_root}/{n}/seed") + r"(\d+)/", text)}
+
+
+def run_parallel(jobs: list[tuple[dict, int]], names: list[str], argv: list[str], out_root: Path, res_root: Path,
+                 n_jobs: int) -> None:
+    """Run ``(run, seed)`` jobs as ``n_jobs`` concurrent ``bench/run.py --only <row> --seeds <k>`` processes (logs in
+    ``<out>/logs/``), each started once the rows it reads have finished training (:func:`prerequisites`). A
+    prerequisite outside ``jobs`` whose run dir exists is waited for (another process is training it, and it takes
+    one of the ``n_jobs`` slots meanwhile); when nothing runs, nothing is being trained elsewhere and jobs are still
+    blocked, the missing rows are an error."""
+    import subprocess
+
+    def trained(dep):
+        return (out_root / dep[0] / f"seed{dep[1]}" / "train.json").exists()
+
+    def started(dep):
+        return (out_root / dep[0] / f"seed{dep[1]}").exists()
+
+    pending = [(r, k) for r, k in jobs if not (res_root / r["name"] / f"seed{k}" / "result.json").exists()]
+    (out_root / "logs").mkdir(parents=True, exist_ok=True)
+    running: dict = {}
+    while pending or running:
+        for proc in [p for p in running if p.poll() is not None]:
+            name, k = running.pop(proc)
+            print(f"bench: {name} seed {k} {'done' if proc.returncode == 0 else f'FAILED ({proc.returncode})'}", flush=True)
+        elsewhere = {d for r, k in pending for d in prerequisites(r, k, names, out_root)
+                     if started(d) and not trained(d) and d not in running.values()}
+        for job in list(pending):
+            r, k = job
+            if len(running) + len(elsewhere) >= n_jobs:  # a row trained by another process takes a slot too
+                break
+            if all(trained(d) for d in prerequisites(r, k, names, out_root)):
+                pending.remove(job)
+                log = out_root / "logs" / f"{r['name']}_seed{k}.log"
+                cmd = [sys.executable, str(Path(__file__).resolve()), "--only", r["name"], "--seeds", str(k), *argv]
+                running[subprocess.Popen(cmd, stdout=open(log, "w"), stderr=subprocess.STDOUT)] = (r["name"], k)
+                print(f"bench: {r['name']} seed {k} started (log: {log})", flush=True)
+        if pending and not running:
+            queued = {(r["name"], k) for r, k in pending}
+            blocked = {d for r, k in pending for d in prerequisites(r, k, names, out_root) if not trained(d)}
+            if not any(started(d) for d in blocked):  # nothing here or elsewhere will unblock them
+                missing = ", ".join(f"{n} seed {k}" for n, k in sorted(blocked - queued))
+                sys.exit(f"error: rows wait for {missing}, which nothing is training: add them to --only / --seeds")
+        time.sleep(5)
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--suite", required=True)
@@ -240,6 +291,8 @@ def main():
     ap.add_argument("--results", help="result.json + results.csv per row, committed (default bench/results/<suite name>)")
     ap.add_argument("--table-only", action="store_true",
                     help="run nothing: tabulate the finished rows (those in --only, in that order; else all, in suite order)")
+    ap.add_argument("--jobs", type=int, default=1,
+                    help="rows run at once, each in its own process, started when the rows it reads are trained")
     ap.add_argument("overrides", nargs="*", help="key=value applied to every training run")
     a = ap.parse_args()
     from gor_det.config import ConfigError, load_yaml
@@ -255,6 +308,14 @@ def main():
     out_root = Path(a.out or Path("bench/out") / Path(a.suite).stem)
     res_root = Path(a.results or Path("bench/results") / Path(a.suite).stem)
     seeds = a.seeds if a.seeds else suite.get("seeds", [0])
+    names = [r["name"] for r in suite["runs"]]
+    if a.jobs > 1 and not a.table_only:
+        jobs = [(run, seed) for run in suite["runs"] if not a.only or run["name"] in a.only
+                for seed in (run.get("seeds", seeds) if not a.seeds else [s for s in seeds if s in run.get("seeds", seeds)])]
+        jobs.sort(key=lambda j: j[1])  # seed-major: the rows of one seed finish together (paired comparisons)
+        argv = ["--suite", a.suite, "--out", str(out_root), "--results", str(res_root), "--", *a.overrides]
+        run_parallel(jobs, names, argv, out_root, res_root, a.jobs)
+        a.table_only = True  # tabulate what the workers wrote
     rows = []
     for run in suite["runs"]:
         run_seeds = run.get("seeds", seeds) if not a.seeds else [s for s in seeds if s in run.get("seeds", seeds)]
@@ -267,7 +328,6 @@ def main():
                 continue
             print(f"\n=== bench: {run['name']} seed {seed} ===", flush=True)
             rows.append(run_one(run, suite, a.overrides, key, out_root, res_root, data))
-    names = [r["name"] for r in suite["runs"]]
     if a.table_only and a.only:  # the rows asked for, in the order asked (bench/fill_docs.py's tables)
         names = [n for n in a.only if n in names]
     md = table(rows, names, a.ref)

@@ -77,3 +77,15 @@ def test_run_one_archives_the_row_and_reuses_it(tiny_data, tmp_path):
     (tmp_path / "fp.pt").unlink()  # nothing left to run from: the archived row must be what comes back
     again = bench_run.run_one(run, suite, [], {"out": str(out), "seed": 3}, out, res, tiny_data)
     assert json.dumps(again) == json.dumps(saved)
+
+
+def test_prerequisites_are_the_rows_a_run_reads():
+    names = ["teacher_v8s", "fp_v8n", "fp_v8n_ft", "kd"]
+    out = Path("bench/out/synthetic")
+    kd = {"name": "kd", "overrides": {"model": "{out}/fp_v8n/seed{seed}/weights/best.pt",
+                                      "gor": {"teachers": ["{out}/teacher_v8s/seed0/weights/best.pt"]}}}
+    assert bench_run.prerequisites(kd, 3, names, out) == {("fp_v8n", 3), ("teacher_v8s", 0)}
+    assert bench_run.prerequisites({"name": "fp_v8n", "cfg": "x.yaml"}, 1, names, out) == set()
+    # "fp_v8n" is a prefix of "fp_v8n_ft": a path of the one is not a path of the other
+    ft = {"name": "q", "overrides": {"model": "{out}/fp_v8n_ft/seed{seed}/weights/best.pt"}}
+    assert bench_run.prerequisites(ft, 0, names, out) == {("fp_v8n_ft", 0)}
