@@ -172,15 +172,18 @@ def first_training_batches(gor, data, project, name, n=3):
     return seen
 
 
-def test_calibration_leaves_the_training_stream_alone(tiny_data, tmp_path):
-    """QAT calibration reads a loader of its own and restores the random state: a QAT run trains on exactly the
-    batches (files, mosaic and augmented pixels) of the FP run with the same seed, so paired comparisons measure the
-    quantization. (Without the restore the calibration batches shift the sampler and augmentation streams.)"""
+def test_calibration_leaves_the_training_stream_alone(tiny_data, teacher_pt, tmp_path):
+    """QAT calibration reads a loader of its own and restores the random state, and the KD setup draws nothing from
+    the data stream: QAT and QAT+KD runs train on exactly the batches (files, mosaic and augmented pixels) of the FP run
+    with the same seed, so paired comparisons measure the method. (Without the restore the calibration batches shift
+    the sampler and augmentation streams.)"""
     fp = first_training_batches(parse_gor({}), tiny_data, tmp_path, "fp")
     qat = first_training_batches(parse_gor({"quant": {"calib_batches": 2}}), tiny_data, tmp_path, "qat")
-    for (files_fp, img_fp), (files_q, img_q) in zip(fp, qat, strict=True):
-        assert files_fp == files_q
-        assert torch.equal(img_fp, img_q)
+    kd = first_training_batches(parse_gor({"quant": {"calib_batches": 2}, "teachers": [teacher_pt]}), tiny_data,
+                                tmp_path, "kd")
+    for (files_fp, img_fp), (files_q, img_q), (files_k, img_k) in zip(fp, qat, kd, strict=True):
+        assert files_fp == files_q == files_k
+        assert torch.equal(img_fp, img_q) and torch.equal(img_fp, img_k)
 
 
 def test_qat_start_epoch_float_then_calibrated_quantization(tiny_data, tmp_path):
