@@ -89,3 +89,17 @@ def test_prerequisites_are_the_rows_a_run_reads():
     # "fp_v8n" is a prefix of "fp_v8n_ft": a path of the one is not a path of the other
     ft = {"name": "q", "overrides": {"model": "{out}/fp_v8n_ft/seed{seed}/weights/best.pt"}}
     assert bench_run.prerequisites(ft, 0, names, out) == {("fp_v8n_ft", 0)}
+
+
+def test_fixed_weight_picked_on_the_other_seeds():
+    """Leave one seed out: at each seed, the sweep weight with the best mean over the other seeds, scored at that seed."""
+    spec = importlib.util.spec_from_file_location("fill_docs", Path(__file__).resolve().parents[1] / "bench/fill_docs.py")
+    fill_docs = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(fill_docs)
+    sweep = (rows("kd_fixed0.5_w8a8", {0: 0.30, 1: 0.40, 2: 0.31})
+             + rows("kd_fixed2_w8a8", {0: 0.32, 1: 0.33, 2: 0.33, 3: 0.5}))  # seed 3: not in the whole sweep
+    cv = fill_docs.cross_validated_fixed(sweep)
+    # seed 0: others {1, 2} -> 0.5 (0.71 vs 0.66); seed 1: others {0, 2} -> 2 (0.65 vs 0.61); seed 2: others {0, 1} -> 0.5
+    assert [(r["seed"], r["pick"], r["mAP50-95"]) for r in cv] == [
+        (0, "kd_fixed0.5_w8a8", 0.30), (1, "kd_fixed2_w8a8", 0.33), (2, "kd_fixed0.5_w8a8", 0.31)]
+    assert fill_docs.best_fixed(sweep) == "kd_fixed0.5_w8a8"  # in hindsight, on the same seeds: 1.01 vs 0.98
