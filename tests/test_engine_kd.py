@@ -186,13 +186,19 @@ def test_calibration_leaves_the_training_stream_alone(tiny_data, teacher_pt, tmp
         assert torch.equal(img_fp, img_q) and torch.equal(img_fp, img_k)
 
 
-def test_qat_start_epoch_float_then_calibrated_quantization(tiny_data, tmp_path):
+def test_qat_start_epoch_float_then_calibrated_quantization(tiny_data, tmp_path, monkeypatch):
     """gor.quant.start_epoch=1: epoch 0 trains in float (quantizers off in model and EMA); epoch 1 starts with a fresh
-    calibration copied into the EMA, quantizers on; best.pt is a quantization-trained epoch."""
+    calibration copied into the EMA, quantizers on; best.pt is a quantization-trained epoch. Epoch 1 is a
+    close_mosaic epoch: the calibration batches are made without mosaic too, like that epoch's training batches."""
+    from ultralytics.data.dataset import YOLODataset
+
     from gor_det.quant import quant_modules, quant_state_dict
 
+    closed = []  # datasets whose mosaic was closed: the calibration loader's, then the train loader's
+    close = YOLODataset.close_mosaic
+    monkeypatch.setattr(YOLODataset, "close_mosaic", lambda self, hyp: (closed.append(id(self)), close(self, hyp)))
     gor = parse_gor({"quant": {"calib_batches": 2, "start_epoch": 1}, "threads": 2})
-    trainer = make_trainer_class(gor)(overrides=tiny_overrides(tiny_data, tmp_path, "delay", epochs=2))
+    trainer = make_trainer_class(gor)(overrides=tiny_overrides(tiny_data, tmp_path, "delay", epochs=2, close_mosaic=1))
     seen = []
 
     def record(tr):  # runs after gor_det's own epoch-start callbacks
@@ -206,6 +212,7 @@ def test_qat_start_epoch_float_then_calibrated_quantization(tiny_data, tmp_path)
     (e0, on0, _, _), (e1, on1, same1, best1) = seen
     assert (e0, on0) == (0, {False}) and (e1, on1) == (1, {True})
     assert same1 and best1 is None  # the EMA got the new step sizes; the best-checkpoint race restarted
+    assert len(set(closed)) == 2 and closed[-1] == id(trainer.train_loader.dataset)
     ck = torch.load(trainer.best, weights_only=False)  # an epoch-0 checkpoint would hold switched-off quantizers
     assert all(q.act_q.enabled and q.weight_q.enabled for q in quant_modules(ck["model"]).values())
 

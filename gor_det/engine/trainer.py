@@ -140,8 +140,9 @@ class GorDetectionTrainer(DetectionTrainer):
         try:
             with preserved_rng():
                 loader = self.get_dataloader(self.data["train"], self.batch_size // max(self.world_size, 1), -1, "train")
-                if not getattr(self.train_loader.dataset, "mosaic", True):  # past close_mosaic: calibrate on the same
-                    loader.dataset.close_mosaic(hyp=copy(self.args))
+                epoch = getattr(self, "epoch", 0)  # unset before the first epoch (calibration in build_optimizer)
+                if self.args.close_mosaic and epoch >= self.epochs - self.args.close_mosaic:
+                    loader.dataset.close_mosaic(hyp=copy(self.args))  # this epoch trains without mosaic: same here
 
                 def forward_loop(m):
                     for i, batch in enumerate(loader):
