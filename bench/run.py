@@ -238,46 +238,49 @@ def prerequisites(run: dict, seed: int, names: list[str], out_root: Path) -> set
     return {(n, int(k)) for n in names for k in re.findall(re.escape(f"{out_root}/{n}/seed") + r"(\d+)/", text)}
 
 
+def schedule(pending: list, running: set, deps: dict, trained, started, n_jobs: int) -> list:
+    """The jobs of ``pending`` (``(row, seed)``, in order) to start now: those whose prerequisites ``deps[job]`` are
+    all ``trained``, while fewer than ``n_jobs`` run here (``running``) or elsewhere (a prerequisite that is
+    ``started`` but not trained and not a job of this scheduler is being trained by another process: it takes a
+    slot). Raises ``RuntimeError`` naming the missing rows when nothing runs anywhere and jobs are still blocked."""
+    mine = set(pending) | set(running)
+    blocked = {d for job in pending for d in deps[job] if not trained(d)}
+    elsewhere = {d for d in blocked if started(d) and d not in mine}
+    ready = [job for job in pending if all(trained(d) for d in deps[job])]
+    if pending and not ready and not running and not elsewhere:  # nothing will ever unblock them
+        missing = ", ".join(f"{n} seed {k}" for n, k in sorted(blocked - mine))
+        raise RuntimeError(f"rows wait for {missing}, which nothing is training: add them to --only / --seeds")
+    return ready[:max(n_jobs - len(running) - len(elsewhere), 0)]
+
+
 def run_parallel(jobs: list[tuple[dict, int]], names: list[str], argv: list[str], out_root: Path, res_root: Path,
                  n_jobs: int) -> None:
     """Run ``(run, seed)`` jobs as ``n_jobs`` concurrent ``bench/run.py --only <row> --seeds <k>`` processes (logs in
-    ``<out>/logs/``), each started once the rows it reads have finished training (:func:`prerequisites`). A
-    prerequisite outside ``jobs`` whose run dir exists is waited for (another process is training it, and it takes
-    one of the ``n_jobs`` slots meanwhile); when nothing runs, nothing is being trained elsewhere and jobs are still
-    blocked, the missing rows are an error."""
+    ``<out>/logs/``), each started once the rows it reads have finished training (:func:`prerequisites`,
+    :func:`schedule`)."""
     import subprocess
 
-    def trained(dep):
-        return (out_root / dep[0] / f"seed{dep[1]}" / "train.json").exists()
-
-    def started(dep):
-        return (out_root / dep[0] / f"seed{dep[1]}").exists()
-
-    pending = [(r, k) for r, k in jobs if not (res_root / r["name"] / f"seed{k}" / "result.json").exists()]
+    runs = {r["name"]: r for r, _ in jobs}
+    pending = [(r["name"], k) for r, k in jobs if not (res_root / r["name"] / f"seed{k}" / "result.json").exists()]
+    deps = {job: prerequisites(runs[job[0]], job[1], names, out_root) for job in pending}
     (out_root / "logs").mkdir(parents=True, exist_ok=True)
     running: dict = {}
     while pending or running:
         for proc in [p for p in running if p.poll() is not None]:
             name, k = running.pop(proc)
             print(f"bench: {name} seed {k} {'done' if proc.returncode == 0 else f'FAILED ({proc.returncode})'}", flush=True)
-        elsewhere = {d for r, k in pending for d in prerequisites(r, k, names, out_root)
-                     if started(d) and not trained(d) and d not in running.values()}
-        for job in list(pending):
-            r, k = job
-            if len(running) + len(elsewhere) >= n_jobs:  # a row trained by another process takes a slot too
-                break
-            if all(trained(d) for d in prerequisites(r, k, names, out_root)):
-                pending.remove(job)
-                log = out_root / "logs" / f"{r['name']}_seed{k}.log"
-                cmd = [sys.executable, str(Path(__file__).resolve()), "--only", r["name"], "--seeds", str(k), *argv]
-                running[subprocess.Popen(cmd, stdout=open(log, "w"), stderr=subprocess.STDOUT)] = (r["name"], k)
-                print(f"bench: {r['name']} seed {k} started (log: {log})", flush=True)
-        if pending and not running:
-            queued = {(r["name"], k) for r, k in pending}
-            blocked = {d for r, k in pending for d in prerequisites(r, k, names, out_root) if not trained(d)}
-            if not any(started(d) for d in blocked):  # nothing here or elsewhere will unblock them
-                missing = ", ".join(f"{n} seed {k}" for n, k in sorted(blocked - queued))
-                sys.exit(f"error: rows wait for {missing}, which nothing is training: add them to --only / --seeds")
+        try:
+            start = schedule(pending, set(running.values()), deps,
+                             trained=lambda d: (out_root / d[0] / f"seed{d[1]}" / "train.json").exists(),
+                             started=lambda d: (out_root / d[0] / f"seed{d[1]}").exists(), n_jobs=n_jobs)
+        except RuntimeError as e:
+            sys.exit(f"error: {e}")
+        for name, k in start:
+            pending.remove((name, k))
+            log = out_root / "logs" / f"{name}_seed{k}.log"
+            cmd = [sys.executable, str(Path(__file__).resolve()), "--only", name, "--seeds", str(k), *argv]
+            running[subprocess.Popen(cmd, stdout=open(log, "w"), stderr=subprocess.STDOUT)] = (name, k)
+            print(f"bench: {name} seed {k} started (log: {log})", flush=True)
         time.sleep(5)
 
 

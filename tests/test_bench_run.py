@@ -103,3 +103,22 @@ def test_fixed_weight_picked_on_the_other_seeds():
     assert [(r["seed"], r["pick"], r["mAP50-95"]) for r in cv] == [
         (0, "kd_fixed0.5_w8a8", 0.30), (1, "kd_fixed2_w8a8", 0.33), (2, "kd_fixed0.5_w8a8", 0.31)]
     assert fill_docs.best_fixed(sweep) == "kd_fixed0.5_w8a8"  # in hindsight, on the same seeds: 1.01 vs 0.98
+
+
+def test_schedule_starts_rows_whose_inputs_are_trained():
+    fp0, fp1, t = ("fp", 0), ("fp", 1), ("teacher", 0)
+    deps = {fp1: set(), ("ft", 0): {fp0}, ("ft", 1): {fp1}, ("kd", 0): {fp0, t}}
+    pending = [fp1, ("ft", 0), ("ft", 1), ("kd", 0)]
+    done = {fp0}
+
+    def sched(pending, running, trained, started, n=2):
+        return bench_run.schedule(pending, running, deps, trained.__contains__, started.__contains__, n)
+
+    # the teacher is trained by another process (its dir exists): it takes one of the two slots
+    assert sched(pending, set(), done, done | {t, fp1}) == [fp1]
+    # fp seed 1 is a job of this scheduler (a stale dir of a killed run is no "elsewhere"): two free slots
+    assert sched(pending, set(), done, done | {fp1}) == [fp1, ("ft", 0)]
+    assert sched(pending[1:], {fp1}, done, done | {fp1}) == [("ft", 0)]  # ft seed 1 waits for fp seed 1
+    assert sched(pending[1:], {fp1, ("ft", 0)}, done, done | {fp1}) == []  # no free slot
+    with pytest.raises(RuntimeError, match="teacher seed 0, which nothing is training"):
+        sched([("kd", 0)], set(), done, done)
