@@ -10,6 +10,9 @@ set -e
 cd "$(dirname "$0")/.."
 S=bench/suites/synthetic.yaml
 PY=.venv/bin/python
+bash scripts/setup_env.sh
+# the peer rows (Ultralytics quantize=8) need NVIDIA ModelOpt: the bench extra
+.venv/bin/pip install --disable-pip-version-check -q -c .ci/constraints.txt -e ".[export,dev,bench]"
 # The key comparisons of the issues' targets, seeds 0-4 (the teacher is trained once, seed 0)
 $PY bench/run.py --suite $S --jobs 2 --seeds 0 1 2 3 4 --only teacher_v8s fp_v8n fp_v8n_ft ptq_w8a8 qat_w8a8 \
   ul_quantize8 kd_fixed0.2_w8a8 kd_fixed0.5_w8a8 kd_fixed2_w8a8 kd_gorgrad_w8a8 -- gor.threads=1
