@@ -29,6 +29,7 @@ import os
 import platform
 import re
 import shutil
+import signal
 import statistics
 import sys
 import time
@@ -258,13 +259,22 @@ def run_parallel(jobs: list[tuple[dict, int]], names: list[str], argv: list[str]
     """Run ``(run, seed)`` jobs as ``n_jobs`` concurrent ``bench/run.py --only <row> --seeds <k>`` processes (logs in
     ``<out>/logs/``), each started once the rows it reads have finished training (:func:`prerequisites`,
     :func:`schedule`)."""
-    import subprocess
-
     runs = {r["name"]: r for r, _ in jobs}
     pending = [(r["name"], k) for r, k in jobs if not (res_root / r["name"] / f"seed{k}" / "result.json").exists()]
     deps = {job: prerequisites(runs[job[0]], job[1], names, out_root) for job in pending}
     (out_root / "logs").mkdir(parents=True, exist_ok=True)
     running: dict = {}
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit("bench: terminated"))  # SystemExit: the finally below runs
+    try:
+        _run_queue(pending, running, deps, argv, out_root, n_jobs)
+    finally:  # interrupted: stop the rows still training (else they go on unattended, and a re-run starts them again)
+        for proc in running:
+            proc.terminate()
+
+
+def _run_queue(pending: list, running: dict, deps: dict, argv: list[str], out_root: Path, n_jobs: int) -> None:
+    import subprocess
+
     while pending or running:
         for proc in [p for p in running if p.poll() is not None]:
             name, k = running.pop(proc)
