@@ -16,13 +16,14 @@ from __future__ import annotations
 import csv
 import json
 import platform
+import statistics
 import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "bench"))
 
-from run import table, targets_table  # noqa: E402  (bench/run.py)
+from run import per_seed, table, targets_table  # noqa: E402  (bench/run.py)
 
 OUT = ROOT / "bench/results/synthetic"  # committed: bench/run.py --results
 REF = {"docs/quantization.md": "fp_v8n_ft", "docs/gor.md": "fp_v8n_ft"}  # paired-difference column against this row
@@ -101,10 +102,29 @@ def targets(doc: str, rows: list[dict]) -> list[tuple[str, str, str, float]]:
             ("W4A4: GoR >= fixed weight 2", "kd_gorgrad_w4a4", "kd_fixed2_w4a4", 0.0)]
 
 
+def step_time_ratio(rows: list[dict], a: str, b: str) -> list[float]:
+    """Per-seed ratio of s/iteration ``a / b`` over the seeds both rows have (seed order); seeds where either row
+    lacks a step time are left out."""
+    by = {n: {r.get("seed", 0): r.get("s_per_it") for r in rows if r["name"] == n} for n in (a, b)}
+    return [by[a][s] / by[b][s] for s in sorted(by[a].keys() & by[b].keys()) if by[a][s] and by[b][s]]
+
+
+def step_time_line(rows: list[dict], a: str, b: str, max_ratio: float) -> str:
+    """One sentence: the target ``s/it(a) <= max_ratio * s/it(b)`` checked on the per-seed ratios."""
+    r = step_time_ratio(rows, a, b)
+    if not r:
+        return ""
+    m = statistics.mean(r)
+    verdict = "met" if m <= max_ratio else "not met"
+    return (f"\nStep time, target `{a}` within {max_ratio}x of `{b}` (s/iteration ratio per seed): "
+            f"{per_seed(r, '.2f')}, mean {m:.2f}x: {verdict}.\n")
+
+
 def targets_block(doc: str) -> str:
     rows, _ = rows_of(DOCS[doc])
     rows += cross_validated_fixed(rows)
-    return (targets_table(rows, targets(doc, rows)) + "\nFrom the rows of the table above; this table: "
+    steps = step_time_line(rows, "qat_w8a8", "fp_v8n_ft", 1.3) if doc == "docs/quantization.md" else ""
+    return (targets_table(rows, targets(doc, rows)) + steps + "\nFrom the rows of the table above; this table: "
             "`python bench/fill_docs.py`")
 
 

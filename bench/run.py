@@ -243,11 +243,15 @@ def schedule(pending: list, running: set, deps: dict, trained, started, n_jobs: 
     """The jobs of ``pending`` (``(row, seed)``, in order) to start now: those whose prerequisites ``deps[job]`` are
     all ``trained``, while fewer than ``n_jobs`` run here (``running``) or elsewhere (a prerequisite that is
     ``started`` but not trained and not a job of this scheduler is being trained by another process: it takes a
-    slot). Raises ``RuntimeError`` naming the missing rows when nothing runs anywhere and jobs are still blocked."""
+    slot). Ready jobs that other pending jobs wait for start first (e.g. the next seed's FP student before the last
+    fine-tuning rows of this seed), so a slot is not left idle later while everything waits for them. Raises
+    ``RuntimeError`` naming the missing rows when nothing runs anywhere and jobs are still blocked."""
     mine = set(pending) | set(running)
     blocked = {d for job in pending for d in deps[job] if not trained(d)}
     elsewhere = {d for d in blocked if started(d) and d not in mine}
     ready = [job for job in pending if all(trained(d) for d in deps[job])]
+    awaited = {d for job in pending for d in deps[job]}
+    ready.sort(key=lambda job: job not in awaited)  # stable: otherwise in the given order
     if pending and not ready and not running and not elsewhere:  # nothing will ever unblock them
         missing = ", ".join(f"{n} seed {k}" for n, k in sorted(blocked - mine))
         raise RuntimeError(f"rows wait for {missing}, which nothing is training: add them to --only / --seeds")

@@ -91,11 +91,16 @@ def test_prerequisites_are_the_rows_a_run_reads():
     assert bench_run.prerequisites(ft, 0, names, out) == {("fp_v8n_ft", 0)}
 
 
-def test_fixed_weight_picked_on_the_other_seeds():
-    """Leave one seed out: at each seed, the sweep weight with the best mean over the other seeds, scored at that seed."""
+def load_fill_docs():
     spec = importlib.util.spec_from_file_location("fill_docs", Path(__file__).resolve().parents[1] / "bench/fill_docs.py")
     fill_docs = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(fill_docs)
+    return fill_docs
+
+
+def test_fixed_weight_picked_on_the_other_seeds():
+    """Leave one seed out: at each seed, the sweep weight with the best mean over the other seeds, scored at that seed."""
+    fill_docs = load_fill_docs()
     sweep = (rows("kd_fixed0.5_w8a8", {0: 0.30, 1: 0.40, 2: 0.31})
              + rows("kd_fixed2_w8a8", {0: 0.32, 1: 0.33, 2: 0.33, 3: 0.5}))  # seed 3: not in the whole sweep
     cv = fill_docs.cross_validated_fixed(sweep)
@@ -103,6 +108,16 @@ def test_fixed_weight_picked_on_the_other_seeds():
     assert [(r["seed"], r["pick"], r["mAP50-95"]) for r in cv] == [
         (0, "kd_fixed0.5_w8a8", 0.30), (1, "kd_fixed2_w8a8", 0.33), (2, "kd_fixed0.5_w8a8", 0.31)]
     assert fill_docs.best_fixed(sweep) == "kd_fixed0.5_w8a8"  # in hindsight, on the same seeds: 1.01 vs 0.98
+
+
+def test_step_time_ratio_per_shared_seed():
+    fill_docs = load_fill_docs()
+    rs = [{"name": "q", "seed": 0, "s_per_it": 1.2}, {"name": "q", "seed": 1, "s_per_it": 1.5},
+          {"name": "q", "seed": 2, "s_per_it": None}, {"name": "f", "seed": 0, "s_per_it": 1.0},
+          {"name": "f", "seed": 1, "s_per_it": 1.0}, {"name": "f", "seed": 2, "s_per_it": 1.0}]
+    assert fill_docs.step_time_ratio(rs, "q", "f") == pytest.approx([1.2, 1.5])  # seed 2: no step time, left out
+    assert "1.20 / 1.50, mean 1.35x: not met" in fill_docs.step_time_line(rs, "q", "f", 1.3)
+    assert "met" in fill_docs.step_time_line(rs, "q", "f", 1.4) and "not met" not in fill_docs.step_time_line(rs, "q", "f", 1.4)
 
 
 def test_schedule_starts_rows_whose_inputs_are_trained():
@@ -122,3 +137,5 @@ def test_schedule_starts_rows_whose_inputs_are_trained():
     assert sched(pending[1:], {fp1, ("ft", 0)}, done, done | {fp1}) == []  # no free slot
     with pytest.raises(RuntimeError, match="teacher seed 0, which nothing is training"):
         sched([("kd", 0)], set(), done, done)
+    # one free slot: fp seed 1, which ft seed 1 waits for, goes before ft seed 0 (queued first, awaited by nothing)
+    assert sched([("ft", 0), fp1, ("ft", 1)], set(), done, done, n=1) == [fp1]
