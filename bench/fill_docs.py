@@ -23,7 +23,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "bench"))
 
-from run import per_seed, table, targets_table  # noqa: E402  (bench/run.py)
+from run import by_seed, pairs, per_seed, table, targets_table  # noqa: E402  (bench/run.py)
 
 OUT = ROOT / "bench/results/synthetic"  # committed: bench/run.py --results
 REF = {"docs/quantization.md": "fp_v8n_ft", "docs/gor.md": "fp_v8n_ft"}  # paired-difference column against this row
@@ -66,18 +66,24 @@ def sweep_runs(rows: list[dict], ref: str = "kd_gorgrad_w8a8") -> list[str]:
     """The rows of the fixed-weight sweep that ran at every seed ``ref`` (the GoR row they are compared with) ran: a
     weight run at fewer seeds (``kd_fixed8_w8a8``, two seeds in ``bench/reproduce.sh``) would otherwise shrink every
     comparison to its seeds. Without ``ref`` rows (or if no sweep row covers them), every sweep row that ran."""
-    seeds = {n: {r.get("seed", 0) for r in rows if r["name"] == n} for n in FIXED_W8A8 + [ref]}
-    ran = [n for n in FIXED_W8A8 if seeds[n]]
-    covering = [n for n in ran if seeds[ref] and seeds[ref] <= seeds[n]]
+    ref_seeds = by_seed(rows, ref).keys()
+    ran = [n for n in FIXED_W8A8 if by_seed(rows, n)]
+    covering = [n for n in ran if ref_seeds and ref_seeds <= by_seed(rows, n).keys()]
     return covering or ran
 
 
+def sweep_maps(rows: list[dict]) -> tuple[dict[str, dict[int, float]], set[int]]:
+    """``{row: {seed: mAP}}`` of :func:`sweep_runs` and the seeds every one of them has run (the same seeds for each,
+    so a pick is not decided by which seeds a row happens to have)."""
+    m = {n: by_seed(rows, n) for n in sweep_runs(rows)}
+    return m, (set.intersection(*(set(v) for v in m.values())) if m else set())
+
+
 def best_fixed(rows: list[dict]) -> str:
-    """The row of the fixed-weight sweep (:func:`sweep_runs`) with the highest mean mAP over the seeds every row of the
-    sweep has run (the same seeds for each, so the choice is not decided by which seeds a row happens to have)."""
-    runs = sweep_runs(rows)
-    seeds = set.intersection(*({r.get("seed", 0) for r in rows if r["name"] == n} for n in runs))
-    return max(runs, key=lambda n: sum(r["mAP50-95"] for r in rows if r["name"] == n and r.get("seed", 0) in seeds))
+    """The row of the fixed-weight sweep with the highest mean mAP over the seeds the whole sweep has run
+    (:func:`sweep_maps`)."""
+    m, seeds = sweep_maps(rows)
+    return max(m, key=lambda n: sum(m[n][s] for s in seeds))
 
 
 def cross_validated_fixed(rows: list[dict]) -> list[dict]:
@@ -85,14 +91,12 @@ def cross_validated_fixed(rows: list[dict]) -> list[dict]:
     (leave one seed out). It is what tuning the weight by a sweep on other runs gives on a new run; the best weight
     picked on the same seeds it is scored on (:func:`best_fixed`) also profits from that pick's luck (the maximum
     of several noisy means is biased upwards)."""
-    runs = sweep_runs(rows)
-    m = {n: {r.get("seed", 0): r["mAP50-95"] for r in rows if r["name"] == n} for n in runs}
-    seeds = set.intersection(*(set(v) for v in m.values())) if runs else set()
+    m, seeds = sweep_maps(rows)
     out = []
     for s in sorted(seeds):
         others = seeds - {s}
         if others:
-            pick = max(runs, key=lambda n: sum(m[n][t] for t in others))
+            pick = max(m, key=lambda n: sum(m[n][t] for t in others))
             out.append({"name": "kd_fixed_cv_w8a8", "seed": s, "mAP50-95": m[pick][s], "pick": pick})
     return out
 
@@ -115,8 +119,7 @@ def targets(doc: str, rows: list[dict]) -> list[tuple[str, str, str, float]]:
 def step_time_ratio(rows: list[dict], a: str, b: str) -> list[float]:
     """Per-seed ratio of s/iteration ``a / b`` over the seeds both rows have (seed order); seeds where either row
     lacks a step time are left out."""
-    by = {n: {r.get("seed", 0): r.get("s_per_it") for r in rows if r["name"] == n} for n in (a, b)}
-    return [by[a][s] / by[b][s] for s in sorted(by[a].keys() & by[b].keys()) if by[a][s] and by[b][s]]
+    return [x / y for x, y in pairs(rows, a, b, "s_per_it") if x and y]
 
 
 def step_time_line(rows: list[dict], a: str, b: str, max_ratio: float) -> str:

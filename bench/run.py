@@ -174,11 +174,21 @@ def per_seed(xs: list[float], fmt: str) -> str:
     return " / ".join("-" if x != x else format(x, fmt) for x in xs)
 
 
+def by_seed(rows: list[dict], name: str, key: str = "mAP50-95") -> dict[int, float]:
+    """``{seed: row[key]}`` of run ``name`` (``None`` where a row lacks ``key``)."""
+    return {r.get("seed", 0): r.get(key) for r in rows if r["name"] == name}
+
+
+def pairs(rows: list[dict], a: str, b: str, key: str = "mAP50-95") -> list[tuple[float, float]]:
+    """``(a[key], b[key])`` per seed, seed order, over the seeds both runs have."""
+    xa, xb = by_seed(rows, a, key), by_seed(rows, b, key)
+    return [(xa[s], xb[s]) for s in sorted(xa.keys() & xb.keys())]
+
+
 def paired(rows: list[dict], a: str, b: str) -> list[float]:
     """Per-seed differences ``a - b`` in mAP50-95 points (x100), seed order, over the seeds both runs have: same seed
     = same FP starting point, so the pairing removes the seed-to-seed spread the two runs share."""
-    by = {n: {r.get("seed", 0): r["mAP50-95"] for r in rows if r["name"] == n} for n in (a, b)}
-    return [100 * (by[a][s] - by[b][s]) for s in sorted(by[a].keys() & by[b].keys())]
+    return [100 * (x - y) for x, y in pairs(rows, a, b)]
 
 
 def mean_se(xs: list[float]) -> tuple[float, float]:
@@ -247,10 +257,10 @@ def schedule(pending: list, running: set, deps: dict, trained, started, n_jobs: 
     fine-tuning rows of this seed), so a slot is not left idle later while everything waits for them. Raises
     ``RuntimeError`` naming the missing rows when nothing runs anywhere and jobs are still blocked."""
     mine = set(pending) | set(running)
-    blocked = {d for job in pending for d in deps[job] if not trained(d)}
-    elsewhere = {d for d in blocked if started(d) and d not in mine}
-    ready = [job for job in pending if all(trained(d) for d in deps[job])]
     awaited = {d for job in pending for d in deps[job]}
+    blocked = {d for d in awaited if not trained(d)}
+    elsewhere = {d for d in blocked if started(d) and d not in mine}
+    ready = [job for job in pending if not deps[job] & blocked]
     ready.sort(key=lambda job: job not in awaited)  # stable: otherwise in the given order
     if pending and not ready and not running and not elsewhere:  # nothing will ever unblock them
         missing = ", ".join(f"{n} seed {k}" for n, k in sorted(blocked - mine))

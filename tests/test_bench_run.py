@@ -9,6 +9,9 @@ import pytest
 _spec = importlib.util.spec_from_file_location("bench_run", Path(__file__).resolve().parents[1] / "bench/run.py")
 bench_run = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(bench_run)
+_spec = importlib.util.spec_from_file_location("fill_docs", Path(__file__).resolve().parents[1] / "bench/fill_docs.py")
+fill_docs = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(fill_docs)
 
 
 def rows(name, maps):
@@ -91,16 +94,8 @@ def test_prerequisites_are_the_rows_a_run_reads():
     assert bench_run.prerequisites(ft, 0, names, out) == {("fp_v8n_ft", 0)}
 
 
-def load_fill_docs():
-    spec = importlib.util.spec_from_file_location("fill_docs", Path(__file__).resolve().parents[1] / "bench/fill_docs.py")
-    fill_docs = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(fill_docs)
-    return fill_docs
-
-
 def test_fixed_weight_picked_on_the_other_seeds():
     """Leave one seed out: at each seed, the sweep weight with the best mean over the other seeds, scored at that seed."""
-    fill_docs = load_fill_docs()
     sweep = (rows("kd_fixed0.5_w8a8", {0: 0.30, 1: 0.40, 2: 0.31})
              + rows("kd_fixed2_w8a8", {0: 0.32, 1: 0.33, 2: 0.33, 3: 0.5}))  # seed 3: not in the whole sweep
     cv = fill_docs.cross_validated_fixed(sweep)
@@ -116,7 +111,6 @@ def test_fixed_weight_picked_on_the_other_seeds():
 
 
 def test_step_time_ratio_per_shared_seed():
-    fill_docs = load_fill_docs()
     rs = [{"name": "q", "seed": 0, "s_per_it": 1.2}, {"name": "q", "seed": 1, "s_per_it": 1.5},
           {"name": "q", "seed": 2, "s_per_it": None}, {"name": "f", "seed": 0, "s_per_it": 1.0},
           {"name": "f", "seed": 1, "s_per_it": 1.0}, {"name": "f", "seed": 2, "s_per_it": 1.0}]
