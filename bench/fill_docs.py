@@ -32,7 +32,8 @@ DOCS = {
     "docs/quantization.md": ["fp_v8n", "fp_v8n_ft", "ptq_w8a8", "qat_w8a8", "ul_quantize8", "qat_w4a8", "ptq_w4a4",
                              "qat_w4a4"],
     "docs/gor.md": ["teacher_v8s", "teacher_v11s", "fp_v8n_ft", "qat_w8a8", "kd_fixed0.2_w8a8", "kd_fixed0.5_w8a8",
-                    "kd_fixed2_w8a8", "kd_fixed8_w8a8", "kd_gor_w8a8", "kd_gorgrad_w8a8", "ekd_gorgrad_w8a8",
+                    "kd_fixed2_w8a8", "kd_fixed8_w8a8", "kd_gor_w8a8", "kd_gorgrad_w8a8", "kd_gorlook_w8a8",
+                    "ekd_gorgrad_w8a8",
                     "ul_distill_q8", "ul_distill_fp", "kd_gorgrad_fp", "qat_w4a4", "kd_fixed2_w4a4", "kd_gorgrad_w4a4"],
 }
 
@@ -109,6 +110,9 @@ def targets(doc: str, rows: list[dict]) -> list[tuple[str, str, str, float]]:
                 ("QAT W8A8 above Ultralytics quantize=8", "qat_w8a8", "ul_quantize8", 0.0)]
     return [("GoR >= the best fixed weight (picked on the same seeds)", "kd_gorgrad_w8a8", best_fixed(rows), 0.0),
             ("GoR >= the fixed weight a sweep on the other seeds picks", "kd_gorgrad_w8a8", "kd_fixed_cv_w8a8", 0.0),
+            ("GoR lookahead >= the best fixed weight (same seeds)", "kd_gorlook_w8a8", best_fixed(rows), 0.0),
+            ("GoR lookahead >= the cross-validated fixed weight", "kd_gorlook_w8a8", "kd_fixed_cv_w8a8", 0.0),
+            ("GoR lookahead >= GoR gradient-norm form", "kd_gorlook_w8a8", "kd_gorgrad_w8a8", 0.0),
             ("W8A8 GoR >= FP without KD", "kd_gorgrad_w8a8", "fp_v8n_ft", 0.0),
             ("EKD-GoR >= single-teacher GoR", "ekd_gorgrad_w8a8", "kd_gorgrad_w8a8", 0.0),
             ("GoR >= Ultralytics KD + 1 (FP)", "kd_gorgrad_fp", "ul_distill_fp", 1.0),
@@ -141,7 +145,8 @@ def targets_block(doc: str) -> str:
             "`python bench/fill_docs.py`")
 
 
-GOR_RUNS = ["kd_gor_w8a8", "kd_gorgrad_w8a8", "ekd_gorgrad_w8a8", "kd_gorgrad_fp", "kd_gorgrad_w4a4"]  # learned balance
+GOR_RUNS = ["kd_gor_w8a8", "kd_gorgrad_w8a8", "kd_gorlook_w8a8", "ekd_gorgrad_w8a8", "kd_gorgrad_fp",
+            "kd_gorgrad_w4a4"]  # the rows with a learned balance
 TASK, KD = ("box_loss", "cls_loss", "dfl_loss"), ("kd_feat", "kd_cls", "kd_box")
 
 

@@ -7,7 +7,11 @@
 On ``--batches`` augmented training batches (train-mode BN, fake quant active for a QAT student), with the benchmark's
 KD terms (``gor.distill`` defaults, adapters identity-initialised when the student has none), prints per batch:
 ``L_task``, ``L_kd`` and their ratio; ``n_t = ||dL_task/dF||``, ``n_k = ||dL_kd/dF||`` on the Detect-head inputs F and
-their ratio; the cosine between the two gradients; and each KD term's gradient norm on F. Nothing is trained.
+their ratio; the cosine between the two gradients; and each KD term's gradient norm on F. A second table is what
+``gor_lookahead`` measures: on the parameters of the layers feeding the Detect head and of the head, the norms of the
+two gradients and, for every ordered pair of distinct batches (A, B), the transfers ``ρ_t = <g_t^B, g_t^A> / |g_t^A|``
+and ``ρ_k = <g_t^B, g_k^A> / |g_k^A|`` (how much a unit step along each term's batch-A gradient lowers batch B's task
+loss), averaged over the pairs. Nothing is trained.
 """
 
 from __future__ import annotations
@@ -40,9 +44,9 @@ def main():
     from ultralytics.utils import DEFAULT_CFG_DICT, IterableSimpleNamespace
     from ultralytics.utils.torch_utils import init_seeds
 
-    from gor_det.balance import gradient_norm
+    from gor_det.balance import flat_gradient, gradient_norm
     from gor_det.config import parse_gor
-    from gor_det.engine.criterion import KD_KEYS, attach_kd_criterion, build_kd_modules
+    from gor_det.engine.criterion import KD_KEYS, attach_kd_criterion, build_kd_modules, lookahead_parameters
     from gor_det.engine.evaluate import load_model
     from gor_det.engine.teachers import TeacherSet
 
@@ -63,6 +67,8 @@ def main():
     loader = build_dataloader(build_yolo_dataset(cfg, d["train"], a.batch, d, mode="train", rect=False, stride=32),
                               a.batch, workers=0, shuffle=True)
     student.train()
+    params = [p for p in lookahead_parameters(student) if p.requires_grad]
+    flat = []  # (g_t, g_k) on params, per batch
     lines = ["| batch | L_task | L_kd | L_task / L_kd | n_t | n_k | n_t / n_k | cos(g_t, g_k) | "
              + " | ".join(f"n({k})" for k in KD_KEYS) + " |", "|" + "---|" * (8 + len(KD_KEYS))]
     for i, b in enumerate(loader):
@@ -76,10 +82,22 @@ def main():
         g_t = torch.cat([g.flatten() for g in torch.autograd.grad(task, feats, retain_graph=True)])
         g_k = torch.cat([g.flatten() for g in torch.autograd.grad(kd["kd"], feats, retain_graph=True)])
         cos = float(g_t @ g_k / (g_t.norm() * g_k.norm()))
+        flat.append((flat_gradient(task, params).double(), flat_gradient(kd["kd"], params).double()))
         terms = " | ".join(f"{float(gradient_norm(kd[k], feats)):.4f}" for k in KD_KEYS)
         lt, lk, nt, nk = float(task.detach()), float(kd["kd"].detach()), float(g_t.norm()), float(g_k.norm())
         lines.append(f"| {i} | {lt:.3f} | {lk:.3f} | {lt / lk:.2f} | {nt:.4f} | {nk:.4f} | {nt / nk:.2f} | {cos:.3f} | "
                      f"{terms} |")
+    pairs = [(a_, b_) for a_ in range(len(flat)) for b_ in range(len(flat)) if a_ != b_]
+    rho_t = sum(float(flat[b_][0] @ flat[a_][0] / flat[a_][0].norm()) for a_, b_ in pairs) / len(pairs)
+    rho_k = sum(float(flat[b_][0] @ flat[a_][1] / flat[a_][1].norm()) for a_, b_ in pairs) / len(pairs)
+    n_t = sum(float(g[0].norm()) for g in flat) / len(flat)
+    n_k = sum(float(g[1].norm()) for g in flat) / len(flat)
+    lines += ["", f"On the {sum(p.numel() for p in params)} parameters of the layers feeding the Detect head and of the "
+              f"head ({len(pairs)} ordered batch pairs):", "",
+              "| mean n_t | mean n_k | n_t / n_k | rho_t | rho_k | a = rho_k / rho_t | gor_lookahead's w_kd / w_task |",
+              "|---|---|---|---|---|---|---|",
+              f"| {n_t:.4f} | {n_k:.4f} | {n_t / n_k:.2f} | {rho_t:.4f} | {rho_k:.4f} | {rho_k / rho_t:.2f} | "
+              f"{rho_k / rho_t * n_t / n_k:.2f} |"]
     lines += ["", f"Command: `python bench/grad_probe.py {' '.join(sys.argv[1:])}`  ",
               f"Machine: {platform.machine()}, {a.threads} threads; batch {a.batch} at {a.imgsz} px  ",
               f"Date: {date.today()}", ""]

@@ -4,7 +4,8 @@
     python bench/kd_overhead.py --imgsz 192 --batch 16 --teachers yolov8s.yaml yolo11s.yaml --steps 10
 
 Times, on the same random batch (median of --steps after 2 warm-up steps, torch threads = --threads; for K with
-``--balance gor_grad`` the mean, since it measures gradient norms only every ``grad_every`` steps: use a multiple):
+``--balance gor_grad`` or ``gor_lookahead`` the mean, since they measure gradients only every ``grad_every`` steps:
+use a multiple):
   A  student step: forward + Ultralytics loss + backward + optimizer step (FP, or QAT with --quant)
   T  teacher forwards: every teacher under no_grad
   K  gor_det KD step: the same student step with the KD criterion (teachers + adapters + KD terms + GoR)
@@ -74,7 +75,7 @@ def main():
     attach_kd_criterion(student, teachers, gor)
     step = stepper(student, batch, "auto")  # a fresh optimizer that also holds the adapters and the GoR scalars
     # gor_grad measures its gradient norms every grad_every steps: the mean over the steps is the amortised cost
-    amortised = a.balance == "gor_grad"
+    amortised = a.balance in ("gor_grad", "gor_lookahead")
     t_k = timed(step, a.steps, mean=amortised)
     over = t_k / (t_a + t_t) - 1
     lines = [

@@ -59,9 +59,29 @@ Methods (``gor.balance.method``):
   (:func:`gradient_norm`, every ``gor.balance.grad_every`` training steps) and passes them as ``losses["gnorm_task"]``,
   ``losses["gnorm_kd"]``; without them (validation, ``no_grad``) the weights in force are returned and ``obj`` is 0.
 
+* ``gor_lookahead``: ``gor_grad``'s game with each term's share of the gradient set by how much a step along it
+  lowers the *task* loss of another batch (a one-step lookahead, measured online). After the step
+  ``θ' = θ - η (w_t g_t^A + w_k g_k^A)`` on batch A, the task loss of a batch B changes by
+  ``-η (w_t <g_t^B, g_t^A> + w_k <g_t^B, g_k^A>)`` to first order (``-η <g_t^B, g_j^A>`` is the hypergradient
+  ``dL_t^B(θ') / dw_j``). Per unit of gradient spent, term ``j`` lowers it by the *transfer*
+  ``ρ_j = <g_t^B, g_j^A> / ||g_j^A||``. With the gradients taken on the parameters that produce and read the
+  Detect-head inputs (:class:`TransferMeter`; A and B are successive measurements, ``grad_every`` steps apart),
+  ``ρ_t, ρ_k`` are exponential moving averages over measurements and ``a = clip(ρ_k / ρ_t, 1/20, 20)``
+  (``a = 1`` until ``ρ_t > 0`` has been measured):
+
+  .. math::
+
+      q_t = \frac{2}{1 + a}, \quad q_k = \frac{2a}{1 + a}, \qquad
+      obj = e^{-s_t} \frac{n_t}{q_t \bar n} + e^{-s_k} \frac{n_k}{q_k \bar n} + s_t + s_k,
+
+  stationary at ``w_j n_j = q_j n̄``: the gradient shares are in the ratio of the transfers (``a = 1``: ``gor_grad``),
+  and the weighted gradient keeps the size ``n_t + n_k``. The balancer receives ``n_t, n_k`` (``gnorm_*``, on the
+  same parameters) and ``a`` (``losses["xfer_ratio"]``).
+
 Storage (``make_gor_params``): a *plain* ``torch.nn.Module()`` instance (no gor_det class, so checkpoints unpickle in
 stock Ultralytics) holding float32 Parameters ``s_task``, ``s_kd`` (shape ``()``) and an int32 buffer ``bits`` (shape
-``(2,)``) with the exact float32 bit patterns of ``(s_task, s_kd)``. Ultralytics saves checkpoints with ``.half()``
+``(2,)``) with the exact float32 bit patterns of ``(s_task, s_kd)``, and an int32 buffer ``xfer_bits`` (shape ``(3,)``,
+the float32 bits of ``gor_lookahead``'s two transfer averages and its measurement count; zeros otherwise). Ultralytics saves checkpoints with ``.half()``
 (fp16 rounding of the scalars, ~1e-3 relative) and its EMA averages only floating tensors, so the int32 buffer survives
 both unchanged: call :func:`sync_bits` after each optimizer step (and before saving), and :func:`restore_from_bits`
 after loading a checkpoint to recover the exact float32 values.
@@ -81,6 +101,8 @@ __all__ = [
     "Balancer",
     "FixedBalancer",
     "GoRBalancer",
+    "TransferMeter",
+    "flat_gradient",
     "gradient_norm",
     "NoKDBalancer",
     "gor_scalars",
@@ -108,6 +130,7 @@ def make_gor_params(w_task: float = 1.0, w_kd: float = 1.0) -> nn.Module:
     m.s_task = nn.Parameter(torch.tensor(_s_init(w_task, "w_task"), dtype=torch.float32))
     m.s_kd = nn.Parameter(torch.tensor(_s_init(w_kd, "w_kd"), dtype=torch.float32))
     m.register_buffer("bits", torch.zeros(2, dtype=torch.int32))
+    m.register_buffer("xfer_bits", torch.zeros(3, dtype=torch.int32))
     sync_bits(m)
     return m
 
@@ -143,15 +166,70 @@ def gor_scalars(params: nn.Module) -> dict[str, float]:
 
 def gradient_norm(loss: torch.Tensor, wrt: list[torch.Tensor]) -> torch.Tensor:
     """``||d loss / d wrt||_2`` over all tensors of ``wrt`` (detached float32 scalar; 0 if ``loss`` does not reach
-    them).
+    them). The graph is kept for the training backward that follows; nothing is accumulated in ``.grad``."""
+    return flat_gradient(loss, wrt).norm()
+
+
+def flat_gradient(loss: torch.Tensor, wrt: list[torch.Tensor]) -> torch.Tensor:
+    """``d loss / d wrt`` flattened into one detached float32 vector (zeros where ``loss`` does not reach a tensor).
 
     The graph is kept (``retain_graph``) for the training backward that follows; nothing is accumulated in ``.grad``.
     """
     if not loss.requires_grad:
-        return loss.new_zeros((), dtype=torch.float32)
+        return torch.cat([w.new_zeros(w.numel(), dtype=torch.float32) for w in wrt])
     grads = torch.autograd.grad(loss, wrt, retain_graph=True, allow_unused=True)
-    sq = [g.detach().float().pow(2).sum() for g in grads if g is not None]
-    return torch.stack(sq).sum().sqrt() if sq else loss.new_zeros((), dtype=torch.float32)
+    return torch.cat([(g.detach().float() if g is not None else w.new_zeros(w.shape, dtype=torch.float32)).flatten()
+                      for g, w in zip(grads, wrt)])
+
+
+class TransferMeter:
+    """``gor_lookahead``'s measurements: the two gradient norms and the transfer ratio ``a = ρ_k / ρ_t``.
+
+    ``measure(g_t, g_k)`` takes this batch's task and KD gradients (flat float32 vectors on the same parameters, from
+    :func:`flat_gradient`) and, when an earlier measurement is held, the transfers of the earlier gradients to this
+    batch's task loss, ``<g_t, g_t^prev> / ||g_t^prev||`` and ``<g_t, g_k^prev> / ||g_k^prev||``, into exponential
+    moving averages (decay ``beta`` per measurement). Returns ``{"gnorm_task", "gnorm_kd", "xfer_ratio"}`` (float32
+    scalars). The averages and their count live in ``params.xfer_bits`` (exact float32 bits: checkpoints, the EMA
+    copy and resume carry them); the previous gradients are held here only, so after a resume the first measurement
+    re-arms the lookahead and the averages continue from the checkpoint.
+    """
+
+    RATIO_CLIP = 20.0  # a is clipped to [1/20, 20]: a term whose direction stops helping keeps a 1/21 share
+
+    def __init__(self, params: nn.Module, beta: float = 0.9):
+        if not isinstance(getattr(params, "xfer_bits", None), torch.Tensor):
+            raise ValueError("GoR params lack the buffer 'xfer_bits'; build them with make_gor_params()")
+        self.params, self.beta, self._prev = params, float(beta), None
+
+    def state(self) -> tuple[float, float, int]:
+        """``(ema of ρ_t, ema of ρ_k, number of transfer measurements)``, not bias-corrected (the ratio needs none)."""
+        v = self.params.xfer_bits.detach().cpu().view(torch.float32).tolist()
+        return v[0], v[1], int(v[2])
+
+    def ratio(self) -> float:
+        """``a = clip(ρ_k / ρ_t, 1/20, 20)``; 1 until a positive ``ρ_t`` has been measured."""
+        r_t, r_k, count = self.state()
+        if count == 0 or not r_t > 0:
+            return 1.0
+        return min(max(r_k / r_t, 1.0 / self.RATIO_CLIP), self.RATIO_CLIP)
+
+    @torch.no_grad()
+    def measure(self, g_task: torch.Tensor, g_kd: torch.Tensor) -> dict[str, torch.Tensor]:
+        if self._prev is not None:
+            p_t, p_k = self._prev
+            tiny = torch.finfo(torch.float32).tiny
+            x_t = float(g_task @ p_t / p_t.norm().clamp_min(tiny))
+            x_k = float(g_task @ p_k / p_k.norm().clamp_min(tiny))
+            r_t, r_k, count = self.state()
+            if count == 0:
+                r_t, r_k = x_t, x_k
+            else:
+                r_t, r_k = self.beta * r_t + (1 - self.beta) * x_t, self.beta * r_k + (1 - self.beta) * x_k
+            vals = torch.tensor([r_t, r_k, float(count + 1)], dtype=torch.float32)
+            self.params.xfer_bits.copy_(vals.view(torch.int32).to(self.params.xfer_bits.device))
+        self._prev = (g_task, g_kd)
+        like = g_task.new_zeros((), dtype=torch.float32)
+        return {"gnorm_task": g_task.norm(), "gnorm_kd": g_kd.norm(), "xfer_ratio": like + self.ratio()}
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -204,11 +282,13 @@ class GoRBalancer:
     Args:
         params: the module holding the scalars (it must be in the optimizer, without weight decay).
         form: ``"gor"`` (log-variance form), ``"gor_norm"`` (same scalars, weights rescaled so the weighted sum
-            equals ``L_t + L_k`` in value) or ``"gor_grad"`` (the log-variance game on the two losses' gradient norms,
-            ``losses["gnorm_task"]`` / ``losses["gnorm_kd"]``). See the module docstring for the formulas.
+            equals ``L_t + L_k`` in value), ``"gor_grad"`` (the log-variance game on the two losses' gradient norms,
+            ``losses["gnorm_task"]`` / ``losses["gnorm_kd"]``) or ``"gor_lookahead"`` (``gor_grad`` with gradient
+            shares in the ratio ``losses["xfer_ratio"]`` of the terms' transfer to another batch's task loss). See the
+            module docstring for the formulas.
     """
 
-    FORMS = ("gor", "gor_norm", "gor_grad")
+    FORMS = ("gor", "gor_norm", "gor_grad", "gor_lookahead")
 
     def __init__(self, params: nn.Module, form: str = "gor"):
         if form not in self.FORMS:
@@ -225,13 +305,17 @@ class GoRBalancer:
         if self.form == "gor":
             total = w_hat_t * lt + w_hat_k * lk + s_t + s_k
             return total, {"w_task": w_hat_t.detach(), "w_kd": w_hat_k.detach()}
-        if self.form == "gor_grad":
+        if self.form in ("gor_grad", "gor_lookahead"):
             w_t, w_k = w_hat_t.detach(), w_hat_k.detach()
             total = w_t * lt + w_k * lk
             if "gnorm_task" in losses and "gnorm_kd" in losses:
                 n_t, n_k = _loss(losses, "gnorm_task").detach().float(), _loss(losses, "gnorm_kd").detach().float()
                 n_bar = (n_t + n_k) / 2
-                obj = (w_hat_t * n_t + w_hat_k * n_k) / n_bar.clamp_min(torch.finfo(torch.float32).tiny) + s_t + s_k
+                # target gradient shares q_t, q_k (sum 2): equal for gor_grad, in the transfer ratio a for lookahead
+                a = _loss(losses, "xfer_ratio").detach().float() if self.form == "gor_lookahead" else 1.0
+                q_t, q_k = 2 / (1 + a), 2 * a / (1 + a)
+                obj = (w_hat_t * n_t / q_t + w_hat_k * n_k / q_k) / n_bar.clamp_min(torch.finfo(torch.float32).tiny)
+                obj = obj + s_t + s_k
                 # no gradient at all (n_bar = 0): the scalars stay put (torch.where, not an if: no host sync per step)
                 total = total + torch.where(n_bar > 0, obj - obj.detach(), 0.0)
             return total, {"w_task": w_t, "w_kd": w_k}
@@ -247,7 +331,8 @@ class GoRBalancer:
 
 
 def make_balancer(cfg: BalanceCfg | None = None, params: nn.Module | None = None) -> Balancer:
-    """The balancer for ``gor.balance``: ``fixed`` | ``gor`` | ``gor_norm`` | ``gor_grad`` | ``none``.
+    """The balancer for ``gor.balance``: ``fixed`` | ``gor`` | ``gor_norm`` | ``gor_grad`` | ``gor_lookahead`` |
+    ``none``.
 
     For the GoR forms, ``params`` are the model's scalars (``model.kd.gor``); None creates fresh ones from
     ``cfg.w_task`` / ``cfg.w_kd`` (reachable as ``balancer.params``; they must then be registered for optimization).

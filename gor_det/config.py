@@ -67,17 +67,18 @@ class BalanceCfg:
     ``fixed``: ``w_task * L_task + w_kd * L_kd`` (classical QAT+KD). ``gor``: two learnable log-scalars,
     ``exp(-s_t) L_task + exp(-s_k) L_kd + s_t + s_k``. ``gor_norm``: the same scalars, but the weights are rescaled so the
     weighted sum equals ``L_task + L_kd`` in value (keeps Ultralytics' loss scale). ``gor_grad``: the same game on the
-    norms of the two losses' gradients on the Detect-head inputs (docs/gor.md). ``none``: task loss only.
+    norms of the two losses' gradients on the Detect-head inputs (docs/gor.md). ``gor_lookahead``: ``gor_grad`` with the
+    gradient shares set by each term's measured transfer to another batch's task loss. ``none``: task loss only.
     """
 
-    method: str = "gor_grad"  # fixed | gor | gor_norm | gor_grad | none (docs/gor.md: gor_grad measured best)
+    method: str = "gor_grad"  # fixed | gor | gor_norm | gor_grad | gor_lookahead | none (docs/gor.md)
     w_task: float = 1.0  # fixed weights (method=fixed) and the initial weights of the GoR forms (s = -log w)
     w_kd: float = 1.0
     lr: float | None = 0.01  # own Adam/SGD lr of the two scalars (None: the trainer's lr). The scalars are log-weights:
     # at 0.01 they can travel to their optimum (log L, or log(n / n_bar)) within a few hundred steps, which a
     # fine-tuning lr (1e-4..1e-3) would not allow; their scale is independent of the network's: own lr.
-    grad_every: int = 4  # gor_grad: measure the two gradient norms every N training steps (each measurement costs
-    # two backward passes through the head, roughly half a QAT step on CPU); the last measurement is used in between
+    grad_every: int = 4  # gor_grad, gor_lookahead: measure the two gradients every N training steps (each costs two
+    # backward passes through the head, roughly half a QAT step on CPU); the last measurement is used in between
 
 
 @dataclass
@@ -138,7 +139,7 @@ class GorCfg:
 CHOICES = {
     "distill.feat_loss": ("cwd", "mse"),
     "distill.ensemble": ("mean_loss", "mean_target"),
-    "balance.method": ("fixed", "gor", "gor_norm", "gor_grad", "none"),
+    "balance.method": ("fixed", "gor", "gor_norm", "gor_grad", "gor_lookahead", "none"),
     "quant.calib": ("minmax", "percentile", "mse"),
 }
 

@@ -14,6 +14,8 @@ from gor_det.balance import (
     FixedBalancer,
     GoRBalancer,
     NoKDBalancer,
+    TransferMeter,
+    flat_gradient,
     gor_scalars,
     gradient_norm,
     make_balancer,
@@ -50,7 +52,7 @@ def test_make_gor_params_plain_module():
     assert dict(p.named_parameters()).keys() == {"s_task", "s_kd"}
     assert p.s_task.dtype == torch.float32 and p.s_task.shape == () and p.s_kd.shape == ()
     assert float(p.s_task) == pytest.approx(-math.log(2.0)) and float(p.s_kd) == pytest.approx(math.log(4.0))
-    assert p.bits.dtype == torch.int32 and p.bits.shape == (2,) and dict(p.named_buffers()).keys() == {"bits"}
+    assert p.bits.dtype == torch.int32 and p.bits.shape == (2,) and dict(p.named_buffers()).keys() == {"bits", "xfer_bits"}
     assert torch.equal(p.bits.view(torch.float32), torch.stack([p.s_task, p.s_kd]).detach())
     p1 = make_gor_params()
     assert torch.equal(p1.bits, torch.zeros(2, dtype=torch.int32))  # s = +0.0, never -0.0
@@ -159,6 +161,85 @@ def test_gradients_gor_grad():
     assert float(total) == pytest.approx(11.25, rel=1e-6) and p.s_task.grad is None and p.s_kd.grad is None
 
 
+def test_gor_lookahead_converges_to_transfer_shares():
+    """Constant norms and transfer ratio a: the scalars settle where w_t n_t = q_t n_bar, w_k n_k = q_k n_bar with
+    q_t = 2 / (1 + a), q_k = 2a / (1 + a) (gradient shares in the ratio of the transfers, total size n_t + n_k)."""
+    a = 0.5
+    bal = GoRBalancer(make_gor_params(), form="gor_lookahead")
+    opt = torch.optim.Adam(bal.params.parameters(), lr=0.05)
+    for step in range(1000):
+        if step == 600:
+            opt.param_groups[0]["lr"] = 0.005
+        losses = {**_losses(), "gnorm_task": torch.tensor(NT), "gnorm_kd": torch.tensor(NK), "xfer_ratio": torch.tensor(a)}
+        total, w = bal(losses)
+        opt.zero_grad()
+        total.backward()
+        opt.step()
+    n_bar, q_t, q_k = (NT + NK) / 2, 2 / (1 + a), 2 * a / (1 + a)
+    assert float(w["w_task"]) * NT == pytest.approx(q_t * n_bar, rel=3e-3)
+    assert float(w["w_kd"]) * NK == pytest.approx(q_k * n_bar, rel=3e-3)
+    assert float(w["w_kd"]) / float(w["w_task"]) == pytest.approx(a * NT / NK, rel=5e-3)
+    assert float(total) == pytest.approx(float(w["w_task"]) * LT + float(w["w_kd"]) * LK, rel=1e-6)
+
+
+def test_gor_lookahead_at_ratio_one_is_gor_grad():
+    x = torch.tensor(1.5, requires_grad=True)
+    grads = []
+    for form, extra in (("gor_grad", {}), ("gor_lookahead", {"xfer_ratio": torch.tensor(1.0)})):
+        p = make_gor_params(w_task=2.0, w_kd=0.5)
+        x.grad = None
+        losses = {"task": 2 * x**2, "kd": 3 * x, "gnorm_task": torch.tensor(0.3), "gnorm_kd": torch.tensor(0.9), **extra}
+        total, _ = GoRBalancer(p, form)(losses)
+        total.backward()
+        grads.append((float(total), float(p.s_task.grad), float(p.s_kd.grad), float(x.grad)))
+    assert grads[0] == grads[1]
+    # a = 3: the KD term's target share is 3x the task's, so the scalars' gradients are 1 - w n / (q n_bar)
+    p = make_gor_params(w_task=2.0, w_kd=0.5)
+    total, _ = GoRBalancer(p, "gor_lookahead")({"task": 2 * x**2, "kd": 3 * x, "gnorm_task": torch.tensor(0.3),
+                                                 "gnorm_kd": torch.tensor(0.9), "xfer_ratio": torch.tensor(3.0)})
+    total.backward()
+    assert float(p.s_task.grad) == pytest.approx(1 - 2.0 * 0.3 / (0.5 * 0.6), rel=1e-5)
+    assert float(p.s_kd.grad) == pytest.approx(1 - 0.5 * 0.9 / (1.5 * 0.6), rel=1e-5)
+
+
+def test_transfer_meter():
+    """The transfers of the previous measurement's gradients to this batch's task gradient, averaged over measurements
+    (exact arithmetic on hand-made vectors), kept in the exact bits of params.xfer_bits."""
+    p = make_gor_params()
+    meter = TransferMeter(p, beta=0.5)
+    g1_t, g1_k = torch.tensor([3.0, 4.0, 0.0]), torch.tensor([0.0, 0.0, 2.0])
+    out = meter.measure(g1_t, g1_k)  # nothing to transfer from yet
+    assert float(out["gnorm_task"]) == 5.0 and float(out["gnorm_kd"]) == 2.0 and float(out["xfer_ratio"]) == 1.0
+    assert meter.state() == (0.0, 0.0, 0)
+    g2_t = torch.tensor([1.0, 2.0, 3.0])
+    out = meter.measure(g2_t, torch.tensor([0.0, 1.0, 0.0]))
+    x_t, x_k = (3 + 8) / 5, 6 / 2  # <g2_t, g1_t> / |g1_t|, <g2_t, g1_k> / |g1_k|
+    assert meter.state() == pytest.approx((x_t, x_k, 1)) and float(out["xfer_ratio"]) == pytest.approx(x_k / x_t)
+    g3_t = torch.tensor([0.0, -1.0, 0.0])
+    meter.measure(g3_t, g3_t)
+    r_t, r_k = 0.5 * x_t + 0.5 * (-2 / 14**0.5), 0.5 * x_k + 0.5 * (-1.0)  # transfers from g2_t, g2_k to g3_t
+    assert meter.state() == pytest.approx((r_t, r_k, 2))
+    assert meter.ratio() == pytest.approx(r_k / r_t)
+    # the state is the buffer's: a new meter on the same params (a resumed run) continues from it
+    assert TransferMeter(p).state() == meter.state()
+    # clipping: a KD direction that hurts the task keeps a 1/20 ratio; no positive task transfer yet: ratio 1
+    p.xfer_bits.copy_(torch.tensor([1.0, -0.5, 3.0]).view(torch.int32))
+    assert meter.ratio() == pytest.approx(1 / 20)
+    p.xfer_bits.copy_(torch.tensor([-1.0, 0.5, 3.0]).view(torch.int32))
+    assert meter.ratio() == 1.0
+    with pytest.raises(ValueError, match="xfer_bits"):
+        TransferMeter(torch.nn.Module())
+
+
+def test_flat_gradient():
+    a = torch.tensor([1.0, 2.0], requires_grad=True)
+    b = torch.tensor([[3.0]], requires_grad=True)
+    c = torch.zeros(2, requires_grad=True)
+    g = flat_gradient((a**2).sum() + 2 * b.sum(), [a, b, c])  # c unused: zeros
+    assert torch.equal(g, torch.tensor([2.0, 4.0, 2.0, 0.0, 0.0])) and a.grad is None
+    assert torch.equal(flat_gradient(torch.tensor(1.0), [a, b]), torch.zeros(3))  # no graph
+
+
 def test_gradient_norm():
     a = torch.tensor([1.0, 2.0], requires_grad=True)
     b = torch.tensor([[3.0]], requires_grad=True)
@@ -183,7 +264,7 @@ def test_make_balancer():
     p = make_gor_params()
     assert isinstance(make_balancer(BalanceCfg(method="fixed", w_task=1, w_kd=3)), FixedBalancer)
     assert isinstance(make_balancer(BalanceCfg(method="none")), NoKDBalancer)
-    for m in ("gor", "gor_norm", "gor_grad"):
+    for m in ("gor", "gor_norm", "gor_grad", "gor_lookahead"):
         b = make_balancer(BalanceCfg(method=m), p)
         assert isinstance(b, GoRBalancer) and b.form == m and b.params is p and isinstance(b, Balancer)
     b = make_balancer(BalanceCfg(method="gor", w_task=1.0, w_kd=0.1))

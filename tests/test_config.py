@@ -40,7 +40,7 @@ def test_quant_shorthand():
         (["epocs=3"], "unknown key 'epocs' in the run cfg (Ultralytics keys + 'gor') (did you mean 'epochs'?)"),
         (["gor.balance.methd=gor"], "unknown key 'methd' in gor.balance (did you mean 'method'?)"),
         (["gor.quantt.w_bits=4"], "unknown key 'quantt' in gor (did you mean 'quant'?)"),
-        (["gor.balance.method=gorr"], "gor.balance.method='gorr' is not one of fixed, gor, gor_norm, gor_grad, none (did you mean 'gor'?)"),
+        (["gor.balance.method=gorr"], "gor.balance.method='gorr' is not one of fixed, gor, gor_norm, gor_grad, gor_lookahead, none (did you mean 'gor'?)"),
         (["gor.quant.w_bits=9"], "gor.quant.w_bits=9 is out of range; use 2..8"),
         (["gor.balance.grad_every=0"], "gor.balance.grad_every=0 must be >= 1 (1: measure every step)"),
         (["gor.quant.start_epoch=-1"], "gor.quant.start_epoch=-1 must be >= 0 (0: quantize from the first epoch)"),

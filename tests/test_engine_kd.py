@@ -40,7 +40,9 @@ def stop_after_first_epoch(trainer):
 
 
 def test_kd_gor_run_resume_and_plain_loadable(tiny_data, teacher_pt, tmp_path):
-    gor = parse_gor({"teachers": [teacher_pt], "balance": {"method": "gor", "lr": 0.05}, "threads": 2})
+    # gor_lookahead carries the most balance state: the two scalars and its transfer averages (xfer_bits)
+    gor = parse_gor({"teachers": [teacher_pt], "balance": {"method": "gor_lookahead", "lr": 0.05, "grad_every": 1},
+                     "threads": 2})
     ov = tiny_overrides(tiny_data, tmp_path, "kd", epochs=2, save_period=-1)
     trainer = make_trainer_class(gor)(overrides=ov)
     trainer.add_callback("on_fit_epoch_end", stop_after_first_epoch)
@@ -60,8 +62,10 @@ def test_kd_gor_run_resume_and_plain_loadable(tiny_data, teacher_pt, tmp_path):
     assert gor_group["weight_decay"] == 0 and len(gor_group["params"]) == 2
     s_task, s_kd = float(model.kd["gor"].s_task), float(model.kd["gor"].s_kd)
     assert s_task != 0.0 and s_kd != 0.0, "GoR scalars did not move"
-    # the EMA holds the raw scalars, not an EMA-lagged value
+    # the EMA holds the raw scalars, not an EMA-lagged value, and the transfer averages
     assert float(trainer.ema.ema.kd["gor"].s_task) == s_task
+    xfer = model.kd["gor"].xfer_bits.clone()
+    assert int(xfer.view(torch.float32)[2]) > 0 and torch.equal(trainer.ema.ema.kd["gor"].xfer_bits, xfer)
 
     # results.csv carries every KD term and both weights
     header = trainer.csv.read_text().splitlines()[0]
@@ -88,6 +92,7 @@ def test_kd_gor_run_resume_and_plain_loadable(tiny_data, teacher_pt, tmp_path):
     with pytest.raises(StopAfterFirstEpoch):
         resumed.train()
     assert seen["s"] == (s_task, s_kd)
+    assert torch.equal(seen["kd"]["gor.xfer_bits"], xfer)
     for k, v in ck_kd["adapters"].state_dict().items():
         assert torch.equal(seen["kd"]["adapters." + k], v.float()), k
 
@@ -318,6 +323,52 @@ def test_gor_grad_measures_gradient_norms_on_head_inputs(tiny_data, teacher_pt, 
     for _ in range(3):  # calls 1, 2, 3
         student(batch)
     assert len(measured) == 2 and float(seen["gnorm_task"]) > 0  # call 2 measured (both norms)
+
+
+def test_gor_lookahead_measures_transfer_on_head_parameters(tiny_data, teacher_pt):
+    """gor_lookahead: the criterion hands the balancer the norms of the task and KD gradients on the parameters of the
+    layers feeding the Detect head and of the head (checked against autograd), and from the second measurement on the
+    transfer of the previous gradients to this batch's task gradient (in params.xfer_bits) and their ratio."""
+    import yaml
+
+    from gor_det.engine.criterion import lookahead_parameters
+
+    names = yaml.safe_load(open(tiny_data))["names"]
+    gor = parse_gor({"teachers": [teacher_pt], "balance": {"method": "gor_lookahead", "grad_every": 1}})
+    student, batch = kd_student(names, teacher_pt, gor)
+    crit = student.criterion
+    seen = {}
+    balancer = crit.balancer
+    crit.balancer = lambda losses: seen.update(losses) or balancer(losses)
+    params = [p for p in lookahead_parameters(student) if p.requires_grad]
+    head = student.model[-1]
+    assert {id(p) for p in head.parameters() if p.requires_grad} <= {id(p) for p in params}
+    assert {id(p) for p in student.model[head.f[0]].parameters()} <= {id(p) for p in params}
+    assert not any(p is q for p in params for q in student.model[0].parameters())  # not the backbone
+
+    def reference(batch):  # the two gradients on params, by autograd on a separate forward (train-mode BN)
+        preds = student(batch["img"])
+        task = crit.base(preds, batch)[0].sum() / 2
+        _, kd = crit.kd_terms(preds, batch["img"])
+        flat = [torch.cat([(g if g is not None else torch.zeros_like(p)).flatten() for g, p in
+                           zip(torch.autograd.grad(t, params, retain_graph=True, allow_unused=True), params)])
+                for t in (task, kd["kd"])]
+        return [f.double() for f in flat]
+
+    student.train()
+    g1_t, g1_k = reference(batch)
+    student(batch)
+    assert float(seen["gnorm_task"]) == pytest.approx(float(g1_t.norm()), rel=1e-4)
+    assert float(seen["gnorm_kd"]) == pytest.approx(float(g1_k.norm()), rel=1e-4)
+    assert float(seen["xfer_ratio"]) == 1.0 and crit.meter.state() == (0.0, 0.0, 0)
+
+    batch2 = {**batch, "img": batch["img"].flip(-1)}
+    g2_t, _ = reference(batch2)
+    student(batch2)
+    x_t, x_k = float(g2_t @ g1_t / g1_t.norm()), float(g2_t @ g1_k / g1_k.norm())
+    r_t, r_k, count = crit.meter.state()
+    assert count == 1 and r_t == pytest.approx(x_t, rel=1e-3) and r_k == pytest.approx(x_k, rel=1e-3)
+    assert float(seen["xfer_ratio"]) == pytest.approx(min(max(x_k / x_t, 0.05), 20) if x_t > 0 else 1.0, rel=1e-3)
 
 
 def test_nan_recovery_restores_quantizers_adapters_and_scalars(tiny_data, teacher_pt, tmp_path):

@@ -16,7 +16,15 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from gor_det.balance import GoRBalancer, gradient_norm, make_balancer, make_gor_params, restore_from_bits
+from gor_det.balance import (
+    GoRBalancer,
+    TransferMeter,
+    flat_gradient,
+    gradient_norm,
+    make_balancer,
+    make_gor_params,
+    restore_from_bits,
+)
 from gor_det.config import BalanceCfg, GorCfg
 from gor_det.distill import Distiller, HeadOutputs, build_adapters, head_outputs
 from gor_det.engine.teachers import TeacherSet
@@ -33,9 +41,12 @@ class KDCriterion:
         kd: the student's ``model.kd`` ModuleDict (``adapters``, ``gor``); shared with the EMA copy through deepcopy.
         cfg: the run's gor cfg.
         reg_max: the student's DFL bins.
+        lookahead_params: ``gor_lookahead``: the parameters its gradients are taken on (the layers producing the
+            Detect-head inputs and the head, :func:`lookahead_parameters`).
     """
 
-    def __init__(self, base, teachers: TeacherSet, kd: nn.ModuleDict, cfg: GorCfg, reg_max: int):
+    def __init__(self, base, teachers: TeacherSet, kd: nn.ModuleDict, cfg: GorCfg, reg_max: int,
+                 lookahead_params: list[nn.Parameter] | None = None):
         self.base = base
         self.teachers = teachers
         self.kd = kd
@@ -44,8 +55,11 @@ class KDCriterion:
         self.t_reg_max = teachers.reg_max()
         self.distiller = Distiller(cfg.distill)
         self.balancer = make_balancer(cfg.balance, kd["gor"] if "gor" in kd else None)
-        self.wants_grad_norms = isinstance(self.balancer, GoRBalancer) and self.balancer.form == "gor_grad"
-        self._steps, self._gnorms = 0, None  # gor_grad: training calls so far, last measured gradient norms
+        form = self.balancer.form if isinstance(self.balancer, GoRBalancer) else None
+        self.wants_grad_norms = form in ("gor_grad", "gor_lookahead")
+        self.meter = TransferMeter(kd["gor"]) if form == "gor_lookahead" else None
+        self.lookahead_params = list(lookahead_params or [])
+        self._steps, self._gnorms = 0, None  # gor_grad / lookahead: training calls so far, last measurement
 
     def update(self):  # E2E losses anneal their one2one weight per epoch; forward it
         if hasattr(self.base, "update"):
@@ -70,11 +84,20 @@ class KDCriterion:
             kd = {k: zero for k in (*KD_KEYS, "kd")}
         losses = {"task": task, "kd": kd["kd"]}
         if self.wants_grad_norms and torch.is_grad_enabled():
-            # gor_grad: the two losses' gradient norms on the Detect-head inputs (two backward passes through the head),
-            # measured every grad_every training steps; the scalars use the last measurement in between
+            # gor_grad: the two losses' gradient norms on the Detect-head inputs (two backward passes through the head);
+            # gor_lookahead: their gradients on the parameters producing and reading them, and the transfer ratio.
+            # Measured every grad_every training steps; the scalars use the last measurement in between
             if self._steps % self.cfg.balance.grad_every == 0 or self._gnorms is None:
-                feats = [f for f in student.feats if f.requires_grad]
-                self._gnorms = {"gnorm_task": gradient_norm(task, feats), "gnorm_kd": gradient_norm(kd["kd"], feats)}
+                if self.meter is not None:
+                    wrt = [p for p in self.lookahead_params if p.requires_grad]  # the DFL conv is frozen
+                    if not wrt:
+                        raise ValueError("gor_lookahead: no trainable parameter in the Detect head or the layers "
+                                         "feeding it (frozen by 'freeze='?); use gor.balance.method=gor_grad")
+                    self._gnorms = self.meter.measure(flat_gradient(task, wrt), flat_gradient(kd["kd"], wrt))
+                else:
+                    feats = [f for f in student.feats if f.requires_grad]
+                    self._gnorms = {"gnorm_task": gradient_norm(task, feats),
+                                    "gnorm_kd": gradient_norm(kd["kd"], feats)}
             self._steps += 1
             losses.update(self._gnorms)
         total, weights = self.balancer(losses)
@@ -103,11 +126,24 @@ def build_kd_modules(model: nn.Module, teachers: TeacherSet, balance: BalanceCfg
     return nn.ModuleDict({"adapters": build_adapters(s_ch, t_ch), "gor": make_gor_params(balance.w_task, balance.w_kd)})
 
 
+def lookahead_parameters(model: nn.Module) -> list[nn.Parameter]:
+    """The parameters of the layers whose outputs feed the Detect head (P3-P5) and of the head itself: where
+    ``gor_lookahead`` measures its gradients (those with ``requires_grad`` at the time). Every KD term reaches them (feature KD acts on the head inputs,
+    head KD on the head), and one backward through the last neck blocks and the head is cheap."""
+    head = model.model[-1]
+    modules = [model.model[i] for i in head.f] + [head]
+    return [p for m in modules for p in m.parameters()]
+
+
 def attach_kd_criterion(model: nn.Module, teachers: TeacherSet, cfg: GorCfg) -> KDCriterion:
     """Install a :class:`KDCriterion` as ``model.criterion`` (after restoring the GoR scalars from their exact bits)."""
     if "gor" in model.kd:
-        restore_from_bits(model.kd["gor"])
+        gp = model.kd["gor"]
+        if not hasattr(gp, "xfer_bits"):  # a checkpoint from before gor_lookahead: the buffer it keeps its state in
+            gp.register_buffer("xfer_bits", torch.zeros(3, dtype=torch.int32, device=gp.bits.device))
+        restore_from_bits(gp)
     base = model.init_criterion()
-    crit = KDCriterion(base, teachers, model.kd, cfg, reg_max=int(model.model[-1].reg_max))
+    crit = KDCriterion(base, teachers, model.kd, cfg, reg_max=int(model.model[-1].reg_max),
+                       lookahead_params=lookahead_parameters(model))
     model.criterion = crit
     return crit
