@@ -191,7 +191,9 @@ class TransferMeter:
     moving averages (decay ``beta`` per measurement). Returns ``{"gnorm_task", "gnorm_kd", "xfer_ratio"}`` (float32
     scalars). The averages and their count live in ``params.xfer_bits`` (exact float32 bits: checkpoints, the EMA
     copy and resume carry them); the previous gradients are held here only, so after a resume the first measurement
-    re-arms the lookahead and the averages continue from the checkpoint.
+    re-arms the lookahead and the averages continue from the checkpoint. (Under DDP each rank measures its own batch;
+    DDP broadcasts buffers from rank 0 at every forward, so rank 0's averages are the ones carried on, while the
+    scalars' gradients are all-reduced as usual.)
     """
 
     RATIO_CLIP = 20.0  # a is clipped to [1/20, 20]: a term whose direction stops helping keeps a 1/21 share

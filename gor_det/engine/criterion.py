@@ -128,8 +128,9 @@ def build_kd_modules(model: nn.Module, teachers: TeacherSet, balance: BalanceCfg
 
 def lookahead_parameters(model: nn.Module) -> list[nn.Parameter]:
     """The parameters of the layers whose outputs feed the Detect head (P3-P5) and of the head itself: where
-    ``gor_lookahead`` measures its gradients (those with ``requires_grad`` at the time). Every KD term reaches them (feature KD acts on the head inputs,
-    head KD on the head), and one backward through the last neck blocks and the head is cheap."""
+    ``gor_lookahead`` measures its gradients (the criterion keeps those with ``requires_grad`` when it measures).
+    Every KD term reaches them (feature KD through the head inputs, head KD through the head), and one backward
+    through the last neck blocks and the head is cheap."""
     head = model.model[-1]
     modules = [model.model[i] for i in head.f] + [head]
     return [p for m in modules for p in m.parameters()]
