@@ -152,18 +152,21 @@ TASK, KD = ("box_loss", "cls_loss", "dfl_loss"), ("kd_feat", "kd_cls", "kd_box")
 
 def gor_weights_block() -> str:
     """Balance weights and per-image losses of the last epoch of every GoR row (``results.csv``): what the learned
-    balance settled at, and the ratio it amounts to."""
-    lines = ["| run | seed | w_task | w_kd | w_kd / w_task | L_task | L_kd | L_task / L_kd |",
-             "|---|---|---|---|---|---|---|---|"]
+    balance settled at, the ratio it amounts to, and that ratio (epoch means) over the epochs."""
+    lines = ["| run | seed | w_task | w_kd | w_kd / w_task | per epoch | L_task | L_kd | L_task / L_kd |",
+             "|---|---|---|---|---|---|---|---|---|"]
     for n in GOR_RUNS:
         for f in sorted((OUT / n).glob("seed*/results.csv")):
             with open(f) as fh:
-                last = {k.strip(): float(v) for k, v in list(csv.DictReader(fh))[-1].items()}
+                epochs = [{k.strip(): float(v) for k, v in r.items()} for r in csv.DictReader(fh)]
+            last = epochs[-1]
             w_t, w_k = last["train/w_task"], last["train/w_kd"]
+            trend = " / ".join(f"{e['train/w_kd'] / e['train/w_task']:.2f}" for e in epochs)
             l_t, l_k = (sum(last[f"train/{k}"] for k in keys) for keys in (TASK, KD))
-            lines.append(f"| {n} | {f.parent.name[4:]} | {w_t:.3f} | {w_k:.3f} | {w_k / w_t:.2f} | {l_t:.2f} | "
-                         f"{l_k:.3f} | {l_t / l_k:.2f} |")
-    return "\n".join(lines) + "\n\nLast epoch of each run's `results.csv` (train columns); this table: `python bench/fill_docs.py`"
+            lines.append(f"| {n} | {f.parent.name[4:]} | {w_t:.3f} | {w_k:.3f} | {w_k / w_t:.2f} | {trend} | "
+                         f"{l_t:.2f} | {l_k:.3f} | {l_t / l_k:.2f} |")
+    return "\n".join(lines) + ("\n\nLast epoch of each run's `results.csv` (train columns; `per epoch`: w_kd / w_task "
+                               "of each epoch's means); this table: `python bench/fill_docs.py`")
 
 
 def replace_between(text: str, tag: str, body: str) -> str:
