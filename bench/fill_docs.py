@@ -33,7 +33,7 @@ DOCS = {
                              "qat_w4a4"],
     "docs/gor.md": ["teacher_v8s", "teacher_v11s", "fp_v8n_ft", "qat_w8a8", "kd_fixed0.2_w8a8", "kd_fixed0.5_w8a8",
                     "kd_fixed2_w8a8", "kd_fixed8_w8a8", "kd_gor_w8a8", "kd_gorgrad_w8a8", "kd_gorlook_w8a8",
-                    "ekd_gorgrad_w8a8",
+                    "ekd_gorgrad_w8a8", "ekd_gorgrad_mt_w8a8",
                     "ul_distill_q8", "ul_distill_fp", "kd_gorgrad_fp", "qat_w4a4", "kd_fixed2_w4a4", "kd_gorgrad_w4a4"],
 }
 
@@ -115,6 +115,7 @@ def targets(doc: str, rows: list[dict]) -> list[tuple[str, str, str, float]]:
             ("GoR lookahead >= GoR gradient-norm form", "kd_gorlook_w8a8", "kd_gorgrad_w8a8", 0.0),
             ("W8A8 GoR >= FP without KD", "kd_gorgrad_w8a8", "fp_v8n_ft", 0.0),
             ("EKD-GoR >= single-teacher GoR", "ekd_gorgrad_w8a8", "kd_gorgrad_w8a8", 0.0),
+            ("EKD-GoR, averaged targets, >= single-teacher GoR", "ekd_gorgrad_mt_w8a8", "kd_gorgrad_w8a8", 0.0),
             ("GoR >= Ultralytics KD + 1 (FP)", "kd_gorgrad_fp", "ul_distill_fp", 1.0),
             ("GoR >= Ultralytics KD + 1 (W8A8)", "kd_gorgrad_w8a8", "ul_distill_q8", 1.0),
             ("W4A4: GoR >= fixed weight 2", "kd_gorgrad_w4a4", "kd_fixed2_w4a4", 0.0)]
@@ -145,8 +146,8 @@ def targets_block(doc: str) -> str:
             "`python bench/fill_docs.py`")
 
 
-GOR_RUNS = ["kd_gor_w8a8", "kd_gorgrad_w8a8", "kd_gorlook_w8a8", "ekd_gorgrad_w8a8", "kd_gorgrad_fp",
-            "kd_gorgrad_w4a4"]  # the rows with a learned balance
+GOR_RUNS = ["kd_gor_w8a8", "kd_gorgrad_w8a8", "kd_gorlook_w8a8", "ekd_gorgrad_w8a8", "ekd_gorgrad_mt_w8a8",
+            "kd_gorgrad_fp", "kd_gorgrad_w4a4"]  # the rows with a learned balance
 TASK, KD = ("box_loss", "cls_loss", "dfl_loss"), ("kd_feat", "kd_cls", "kd_box")
 
 
