@@ -79,8 +79,7 @@ def main():
         task = crit.base(preds, b)[0].sum() / b["img"].shape[0]
         s_out, kd = crit.kd_terms(preds, b["img"])
         feats = s_out.feats
-        g_t = torch.cat([g.flatten() for g in torch.autograd.grad(task, feats, retain_graph=True)])
-        g_k = torch.cat([g.flatten() for g in torch.autograd.grad(kd["kd"], feats, retain_graph=True)])
+        g_t, g_k = flat_gradient(task, feats), flat_gradient(kd["kd"], feats)
         cos = float(g_t @ g_k / (g_t.norm() * g_k.norm()))
         flat.append((flat_gradient(task, params).double(), flat_gradient(kd["kd"], params).double()))
         terms = " | ".join(f"{float(gradient_norm(kd[k], feats)):.4f}" for k in KD_KEYS)

@@ -177,9 +177,8 @@ def flat_gradient(loss: torch.Tensor, wrt: list[torch.Tensor]) -> torch.Tensor:
     """
     if not loss.requires_grad:
         return torch.cat([w.new_zeros(w.numel(), dtype=torch.float32) for w in wrt])
-    grads = torch.autograd.grad(loss, wrt, retain_graph=True, allow_unused=True)
-    return torch.cat([(g.detach().float() if g is not None else w.new_zeros(w.shape, dtype=torch.float32)).flatten()
-                      for g, w in zip(grads, wrt)])
+    grads = torch.autograd.grad(loss, wrt, retain_graph=True, allow_unused=True, materialize_grads=True)
+    return torch.cat([g.detach().float().flatten() for g in grads])
 
 
 class TransferMeter:
@@ -210,28 +209,28 @@ class TransferMeter:
 
     def ratio(self) -> float:
         """``a = clip(ρ_k / ρ_t, 1/20, 20)``; 1 until a positive ``ρ_t`` has been measured."""
-        r_t, r_k, count = self.state()
+        return self._clipped_ratio(*self.state())
+
+    @classmethod
+    def _clipped_ratio(cls, r_t: float, r_k: float, count: int) -> float:
         if count == 0 or not r_t > 0:
             return 1.0
-        return min(max(r_k / r_t, 1.0 / self.RATIO_CLIP), self.RATIO_CLIP)
+        return min(max(r_k / r_t, 1.0 / cls.RATIO_CLIP), cls.RATIO_CLIP)
 
     @torch.no_grad()
     def measure(self, g_task: torch.Tensor, g_kd: torch.Tensor) -> dict[str, torch.Tensor]:
+        r_t, r_k, count = self.state()
         if self._prev is not None:
-            p_t, p_k = self._prev
             tiny = torch.finfo(torch.float32).tiny
-            x_t = float(g_task @ p_t / p_t.norm().clamp_min(tiny))
-            x_k = float(g_task @ p_k / p_k.norm().clamp_min(tiny))
-            r_t, r_k, count = self.state()
-            if count == 0:
-                r_t, r_k = x_t, x_k
-            else:
-                r_t, r_k = self.beta * r_t + (1 - self.beta) * x_t, self.beta * r_k + (1 - self.beta) * x_k
-            vals = torch.tensor([r_t, r_k, float(count + 1)], dtype=torch.float32)
+            x_t, x_k = (float(g_task @ p / p.norm().clamp_min(tiny)) for p in self._prev)
+            b = self.beta if count else 0.0  # the first transfer starts the averages
+            r_t, r_k, count = b * r_t + (1 - b) * x_t, b * r_k + (1 - b) * x_k, count + 1
+            vals = torch.tensor([r_t, r_k, float(count)], dtype=torch.float32)
             self.params.xfer_bits.copy_(vals.view(torch.int32).to(self.params.xfer_bits.device))
+            r_t, r_k = vals[:2].tolist()  # the ratio from the stored (float32) averages, as a resumed run reads them
         self._prev = (g_task, g_kd)
-        like = g_task.new_zeros((), dtype=torch.float32)
-        return {"gnorm_task": g_task.norm(), "gnorm_kd": g_kd.norm(), "xfer_ratio": like + self.ratio()}
+        a = g_task.new_tensor(self._clipped_ratio(r_t, r_k, count), dtype=torch.float32)
+        return {"gnorm_task": g_task.norm(), "gnorm_kd": g_kd.norm(), "xfer_ratio": a}
 
 
 # --------------------------------------------------------------------------------------------------------------------

@@ -276,28 +276,40 @@ def test_val_kd_switch_skips_teachers_in_validation(tiny_data, teacher_pt, monke
     assert len(calls) == 2 and float(items["kd_cls"]) > 0
 
 
+def spied_kd_student(tiny_data, teacher_pt, balance: dict):
+    """:func:`kd_student` with ``gor.balance = balance``, whose criterion records every loss dict its balancer gets
+    (the returned dict ``seen`` holds the last one)."""
+    import yaml
+
+    names = yaml.safe_load(open(tiny_data))["names"]
+    student, batch = kd_student(names, teacher_pt, parse_gor({"teachers": [teacher_pt], "balance": balance}))
+    crit, seen = student.criterion, {}
+    balancer = crit.balancer
+    crit.balancer = lambda losses: seen.update(losses) or balancer(losses)
+    return student, batch, seen
+
+
+def losses_again(student, batch):
+    """``(L_task, kd terms, Detect-head inputs)`` of a fresh forward on ``batch`` (train-mode BN: the same outputs as
+    the criterion's own forward on it): the reference the criterion's gradient measurements are checked against."""
+    crit = student.criterion
+    preds = student(batch["img"])
+    task = crit.base(preds, batch)[0].sum() / batch["img"].shape[0]
+    s_out, kd = crit.kd_terms(preds, batch["img"])
+    return task, kd, s_out.feats
+
+
 def test_gor_grad_measures_gradient_norms_on_head_inputs(tiny_data, teacher_pt, monkeypatch):
     """gor_grad: the criterion hands the balancer ||dL/dF|| of the task and KD losses on the Detect-head inputs F
     (checked against autograd on a second forward), and the scalars get the gradient 1 - w n / n_bar."""
-    import yaml
-
     from gor_det.engine import criterion as criterion_module
 
-    names = yaml.safe_load(open(tiny_data))["names"]
-    gor = parse_gor({"teachers": [teacher_pt], "balance": {"method": "gor_grad", "grad_every": 2}})
-    student, batch = kd_student(names, teacher_pt, gor)
-    crit = student.criterion
-    seen = {}
-    balancer = crit.balancer
-    crit.balancer = lambda losses: seen.update(losses) or balancer(losses)
+    student, batch, seen = spied_kd_student(tiny_data, teacher_pt, {"method": "gor_grad", "grad_every": 2})
     student.train()
     loss, items = student(batch)
     assert {"gnorm_task", "gnorm_kd"} <= seen.keys()
 
-    preds = student(batch["img"])  # the same batch again (train-mode BN: the same outputs)
-    task = crit.base(preds, batch)[0].sum() / 2
-    s_out, kd = crit.kd_terms(preds, batch["img"])
-    feats = s_out.feats
+    task, kd, feats = losses_again(student, batch)
     for name, term in (("gnorm_task", task), ("gnorm_kd", kd["kd"])):
         g = torch.autograd.grad(term, feats, retain_graph=True)
         ref = torch.sqrt(sum((x.double() ** 2).sum() for x in g))
@@ -329,31 +341,20 @@ def test_gor_lookahead_measures_transfer_on_head_parameters(tiny_data, teacher_p
     """gor_lookahead: the criterion hands the balancer the norms of the task and KD gradients on the parameters of the
     layers feeding the Detect head and of the head (checked against autograd), and from the second measurement on the
     transfer of the previous gradients to this batch's task gradient (in params.xfer_bits) and their ratio."""
-    import yaml
-
     from gor_det.engine.criterion import lookahead_parameters
 
-    names = yaml.safe_load(open(tiny_data))["names"]
-    gor = parse_gor({"teachers": [teacher_pt], "balance": {"method": "gor_lookahead", "grad_every": 1}})
-    student, batch = kd_student(names, teacher_pt, gor)
+    student, batch, seen = spied_kd_student(tiny_data, teacher_pt, {"method": "gor_lookahead", "grad_every": 1})
     crit = student.criterion
-    seen = {}
-    balancer = crit.balancer
-    crit.balancer = lambda losses: seen.update(losses) or balancer(losses)
     params = [p for p in lookahead_parameters(student) if p.requires_grad]
     head = student.model[-1]
     assert {id(p) for p in head.parameters() if p.requires_grad} <= {id(p) for p in params}
     assert {id(p) for p in student.model[head.f[0]].parameters()} <= {id(p) for p in params}
     assert not any(p is q for p in params for q in student.model[0].parameters())  # not the backbone
 
-    def reference(batch):  # the two gradients on params, by autograd on a separate forward (train-mode BN)
-        preds = student(batch["img"])
-        task = crit.base(preds, batch)[0].sum() / 2
-        _, kd = crit.kd_terms(preds, batch["img"])
-        flat = [torch.cat([(g if g is not None else torch.zeros_like(p)).flatten() for g, p in
-                           zip(torch.autograd.grad(t, params, retain_graph=True, allow_unused=True), params)])
-                for t in (task, kd["kd"])]
-        return [f.double() for f in flat]
+    def reference(batch):  # the two gradients on params, by autograd on a separate forward
+        task, kd, _ = losses_again(student, batch)
+        return [torch.cat([g.double().flatten() for g in torch.autograd.grad(
+            t, params, retain_graph=True, allow_unused=True, materialize_grads=True)]) for t in (task, kd["kd"])]
 
     student.train()
     g1_t, g1_k = reference(batch)

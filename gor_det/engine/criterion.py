@@ -72,6 +72,19 @@ class KDCriterion:
         t_outs = [head_outputs(y, r) for y, r in zip(self.teachers(img), self.t_reg_max)]
         return student, self.distiller(student, t_outs, self.kd["adapters"])
 
+    def _measure(self, task: torch.Tensor, l_kd: torch.Tensor, feats: list[torch.Tensor]) -> dict[str, torch.Tensor]:
+        """What the gradient forms balance on: ``gor_grad``, the two losses' gradient norms on the Detect-head inputs
+        ``feats`` (two backward passes through the head); ``gor_lookahead``, their gradients on the parameters that
+        produce and read those inputs, through the :class:`TransferMeter` (norms and transfer ratio)."""
+        if self.meter is None:
+            feats = [f for f in feats if f.requires_grad]
+            return {"gnorm_task": gradient_norm(task, feats), "gnorm_kd": gradient_norm(l_kd, feats)}
+        wrt = [p for p in self.lookahead_params if p.requires_grad]  # the DFL conv is frozen
+        if not wrt:
+            raise ValueError("gor_lookahead: no trainable parameter in the Detect head or the layers feeding it "
+                             "(frozen by 'freeze='?); use gor.balance.method=gor_grad")
+        return self.meter.measure(flat_gradient(task, wrt), flat_gradient(l_kd, wrt))
+
     def __call__(self, preds, batch):
         det_loss, det_items = self.base(preds, batch)
         img = batch["img"]
@@ -84,20 +97,9 @@ class KDCriterion:
             kd = {k: zero for k in (*KD_KEYS, "kd")}
         losses = {"task": task, "kd": kd["kd"]}
         if self.wants_grad_norms and torch.is_grad_enabled():
-            # gor_grad: the two losses' gradient norms on the Detect-head inputs (two backward passes through the head);
-            # gor_lookahead: their gradients on the parameters producing and reading them, and the transfer ratio.
-            # Measured every grad_every training steps; the scalars use the last measurement in between
+            # measured every grad_every training steps; the scalars use the last measurement in between
             if self._steps % self.cfg.balance.grad_every == 0 or self._gnorms is None:
-                if self.meter is not None:
-                    wrt = [p for p in self.lookahead_params if p.requires_grad]  # the DFL conv is frozen
-                    if not wrt:
-                        raise ValueError("gor_lookahead: no trainable parameter in the Detect head or the layers "
-                                         "feeding it (frozen by 'freeze='?); use gor.balance.method=gor_grad")
-                    self._gnorms = self.meter.measure(flat_gradient(task, wrt), flat_gradient(kd["kd"], wrt))
-                else:
-                    feats = [f for f in student.feats if f.requires_grad]
-                    self._gnorms = {"gnorm_task": gradient_norm(task, feats),
-                                    "gnorm_kd": gradient_norm(kd["kd"], feats)}
+                self._gnorms = self._measure(task, kd["kd"], student.feats)
             self._steps += 1
             losses.update(self._gnorms)
         total, weights = self.balancer(losses)
