@@ -33,7 +33,7 @@ DOCS = {
                              "qat_w4a4"],
     "docs/gor.md": ["teacher_v8s", "teacher_v11s", "fp_v8n_ft", "qat_w8a8", "kd_fixed0.2_w8a8", "kd_fixed0.5_w8a8",
                     "kd_fixed2_w8a8", "kd_fixed8_w8a8", "kd_gor_w8a8", "kd_gorgrad_w8a8", "kd_gorlook_w8a8",
-                    "ekd_gorgrad_w8a8", "ekd_gorgrad_mt_w8a8",
+                    "kd_gorlooksplit_w8a8", "ekd_gorgrad_w8a8", "ekd_gorgrad_mt_w8a8", "ekd_gorgrad_mtw_w8a8",
                     "ul_distill_q8", "ul_distill_fp", "kd_gorgrad_fp", "qat_w4a4", "kd_fixed2_w4a4", "kd_gorgrad_w4a4"],
 }
 
@@ -114,11 +114,20 @@ def targets(doc: str, rows: list[dict]) -> list[tuple[str, str, str, float]]:
             ("GoR lookahead >= the best fixed weight (same seeds)", "kd_gorlook_w8a8", best_fixed(rows), 0.0),
             ("GoR lookahead >= the cross-validated fixed weight", "kd_gorlook_w8a8", "kd_fixed_cv_w8a8", 0.0),
             ("GoR lookahead >= GoR gradient-norm form", "kd_gorlook_w8a8", "kd_gorgrad_w8a8", 0.0),
+            ("GoR lookahead, split-batch transfer, >= the best fixed weight (same seeds)", "kd_gorlooksplit_w8a8",
+             best_fixed(rows), 0.0),
+            ("GoR lookahead, split-batch transfer, >= the cross-validated fixed weight", "kd_gorlooksplit_w8a8",
+             "kd_fixed_cv_w8a8", 0.0),
+            ("GoR lookahead, split-batch >= next-batch transfer", "kd_gorlooksplit_w8a8", "kd_gorlook_w8a8", 0.0),
+            ("GoR lookahead, split-batch transfer, >= GoR gradient-norm form", "kd_gorlooksplit_w8a8",
+             "kd_gorgrad_w8a8", 0.0),
             ("GoR gradient-norm form >= loss-value form", "kd_gorgrad_w8a8", "kd_gor_w8a8", 0.0),
             ("W8A8 GoR >= FP without KD", "kd_gorgrad_w8a8", "fp_v8n_ft", 0.0),
             ("EKD-GoR >= single-teacher GoR", "ekd_gorgrad_w8a8", "kd_gorgrad_w8a8", 0.0),
             ("EKD-GoR, averaged targets, >= single-teacher GoR", "ekd_gorgrad_mt_w8a8", "kd_gorgrad_w8a8", 0.0),
             ("EKD-GoR, averaged targets >= averaged losses", "ekd_gorgrad_mt_w8a8", "ekd_gorgrad_w8a8", 0.0),
+            ("EKD-GoR, targets averaged 3:1, >= single-teacher GoR", "ekd_gorgrad_mtw_w8a8", "kd_gorgrad_w8a8", 0.0),
+            ("EKD-GoR, targets averaged 3:1 >= averaged 1:1", "ekd_gorgrad_mtw_w8a8", "ekd_gorgrad_mt_w8a8", 0.0),
             ("GoR >= Ultralytics KD + 1 (FP)", "kd_gorgrad_fp", "ul_distill_fp", 1.0),
             ("GoR >= Ultralytics KD + 1 (W8A8)", "kd_gorgrad_w8a8", "ul_distill_q8", 1.0),
             ("W4A4: GoR >= fixed weight 2", "kd_gorgrad_w4a4", "kd_fixed2_w4a4", 0.0)]
@@ -149,8 +158,8 @@ def targets_block(doc: str) -> str:
             "`python bench/fill_docs.py`")
 
 
-GOR_RUNS = ["kd_gor_w8a8", "kd_gorgrad_w8a8", "kd_gorlook_w8a8", "ekd_gorgrad_w8a8", "ekd_gorgrad_mt_w8a8",
-            "kd_gorgrad_fp", "kd_gorgrad_w4a4"]  # the rows with a learned balance
+GOR_RUNS = ["kd_gor_w8a8", "kd_gorgrad_w8a8", "kd_gorlook_w8a8", "kd_gorlooksplit_w8a8", "ekd_gorgrad_w8a8",
+            "ekd_gorgrad_mt_w8a8", "ekd_gorgrad_mtw_w8a8", "kd_gorgrad_fp", "kd_gorgrad_w4a4"]  # the rows with a learned balance
 TASK, KD = ("box_loss", "cls_loss", "dfl_loss"), ("kd_feat", "kd_cls", "kd_box")
 
 

@@ -11,7 +11,10 @@ their ratio; the cosine between the two gradients; and each KD term's gradient n
 ``gor_lookahead`` measures: on the parameters of the layers feeding the Detect head and of the head, the norms of the
 two gradients and, for every ordered pair of distinct batches (A, B), the transfers ``ρ_t = <g_t^B, g_t^A> / |g_t^A|``
 and ``ρ_k = <g_t^B, g_k^A> / |g_k^A|`` (how much a unit step along each term's batch-A gradient lowers batch B's task
-loss), averaged over the pairs. Nothing is trained.
+loss), averaged over the pairs. With ``--holdout DATA`` the same transfers are also measured to the task loss of
+un-augmented batches of DATA's val split (images the student never trained on; eval-mode BN, the arithmetic the val
+mAP is scored with): ``ρ_j^H = <g_t^H, g_j^A> / |g_j^A|`` averaged over training batches A and held-out batches H,
+i.e. the ratio a lookahead on held-out images would use. Nothing is trained.
 """
 
 from __future__ import annotations
@@ -36,6 +39,8 @@ def main():
     ap.add_argument("--batch", type=int, default=16)
     ap.add_argument("--batches", type=int, default=6)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--holdout", help="a dataset yaml whose val images give held-out batches (e.g. a fresh seed)")
+    ap.add_argument("--holdout-batches", type=int, default=4)
     a = ap.parse_args()
     import torch
     from ultralytics.cfg import get_cfg
@@ -97,6 +102,25 @@ def main():
               "|---|---|---|---|---|---|---|",
               f"| {n_t:.4f} | {n_k:.4f} | {n_t / n_k:.2f} | {rho_t:.4f} | {rho_k:.4f} | {rho_k / rho_t:.2f} | "
               f"{rho_k / rho_t * n_t / n_k:.2f} |"]
+    if a.holdout:
+        dh = check_det_dataset(a.holdout)
+        h_loader = build_dataloader(build_yolo_dataset(cfg, dh["val"], a.batch, dh, mode="val", rect=False, stride=32),
+                                    a.batch, workers=0, shuffle=False)
+        student.eval()
+        g_h = []
+        for i, b in enumerate(h_loader):
+            if i >= a.holdout_batches:
+                break
+            b["img"] = b["img"].float() / 255
+            task = crit.base(student(b["img"]), b)[0].sum() / b["img"].shape[0]
+            g_h.append(flat_gradient(task, params).double())
+        hp = [(g, f) for g in g_h for f in flat]
+        rho_th = sum(float(g @ f[0] / f[0].norm()) for g, f in hp) / len(hp)
+        rho_kh = sum(float(g @ f[1] / f[1].norm()) for g, f in hp) / len(hp)
+        lines += ["", f"Transfer to the task loss of {len(g_h)} held-out un-augmented batches of {a.holdout} (val split, "
+                  f"eval-mode BN; {len(hp)} pairs):", "",
+                  "| rho_t^H | rho_k^H | a^H = rho_k^H / rho_t^H | lookahead's w_kd / w_task with a^H |", "|---|---|---|---|",
+                  f"| {rho_th:.4f} | {rho_kh:.4f} | {rho_kh / rho_th:.2f} | {rho_kh / rho_th * n_t / n_k:.2f} |"]
     lines += ["", f"Command: `python bench/grad_probe.py {' '.join(sys.argv[1:])}`  ",
               f"Machine: {platform.machine()}, {a.threads} threads; batch {a.batch} at {a.imgsz} px  ",
               f"Date: {date.today()}", ""]

@@ -76,7 +76,11 @@ Methods (``gor.balance.method``):
 
   stationary at ``w_j n_j = q_j n̄``: the gradient shares are in the ratio of the transfers (``a = 1``: ``gor_grad``),
   and the weighted gradient keeps the size ``n_t + n_k``. The balancer receives ``n_t, n_k`` (``gnorm_*``, on the
-  same parameters) and ``a`` (``losses["xfer_ratio"]``).
+  same parameters) and ``a`` (``losses["xfer_ratio"]``). Where A and B come from (``gor.balance.transfer``):
+  ``split`` (default), the two halves of one batch at the same weights ``θ`` (the lookahead exactly as written,
+  symmetrised over A, B = the halves in both orders; ``n`` are the norms of the halves' mean gradients); ``next``, the
+  batches of two successive measurements ``grad_every`` optimizer steps apart (the gradient of B is then taken at
+  weights those steps have moved, so the steps' own effect enters the transfer).
 
 Storage (``make_gor_params``): a *plain* ``torch.nn.Module()`` instance (no gor_det class, so checkpoints unpickle in
 stock Ultralytics) holding float32 Parameters ``s_task``, ``s_kd`` (shape ``()``) and an int32 buffer ``bits`` (shape
@@ -187,8 +191,9 @@ class TransferMeter:
     ``measure(g_t, g_k)`` takes this batch's task and KD gradients (flat float32 vectors on the same parameters, from
     :func:`flat_gradient`) and, when an earlier measurement is held, the transfers of the earlier gradients to this
     batch's task loss, ``<g_t, g_t^prev> / ||g_t^prev||`` and ``<g_t, g_k^prev> / ||g_k^prev||``, into exponential
-    moving averages (decay ``beta`` per measurement). Returns ``{"gnorm_task", "gnorm_kd", "xfer_ratio"}`` (float32
-    scalars). The averages and their count live in ``params.xfer_bits`` (exact float32 bits: checkpoints, the EMA
+    moving averages (decay ``beta`` per measurement) (``gor.balance.transfer: next``). ``measure_split(half_1,
+    half_2)`` takes the two gradients of each half of one batch instead and folds in the transfers between the halves
+    (``transfer: split``). Both return ``{"gnorm_task", "gnorm_kd", "xfer_ratio"}`` (float32 scalars). The averages and their count live in ``params.xfer_bits`` (exact float32 bits: checkpoints, the EMA
     copy and resume carry them); the previous gradients are held here only, so after a resume the first measurement
     re-arms the lookahead and the averages continue from the checkpoint. (Under DDP each rank measures its own batch;
     DDP broadcasts buffers from rank 0 at every forward, so rank 0's averages are the ones carried on, while the
@@ -217,20 +222,41 @@ class TransferMeter:
             return 1.0
         return min(max(r_k / r_t, 1.0 / cls.RATIO_CLIP), cls.RATIO_CLIP)
 
-    @torch.no_grad()
-    def measure(self, g_task: torch.Tensor, g_kd: torch.Tensor) -> dict[str, torch.Tensor]:
+    @staticmethod
+    def _transfers(g_task_b: torch.Tensor, g_task_a: torch.Tensor, g_kd_a: torch.Tensor) -> tuple[float, float]:
+        """``(<g_t^B, g_t^A> / |g_t^A|, <g_t^B, g_k^A> / |g_k^A|)``."""
+        tiny = torch.finfo(torch.float32).tiny
+        return tuple(float(g_task_b @ g / g.norm().clamp_min(tiny)) for g in (g_task_a, g_kd_a))
+
+    def _update(self, x_t: float | None, x_k: float | None) -> float:
+        """Fold one transfer pair into the averages (None: nothing measured) and return the clipped ratio."""
         r_t, r_k, count = self.state()
-        if self._prev is not None:
-            tiny = torch.finfo(torch.float32).tiny
-            x_t, x_k = (float(g_task @ p / p.norm().clamp_min(tiny)) for p in self._prev)
+        if x_t is not None:
             b = self.beta if count else 0.0  # the first transfer starts the averages
             r_t, r_k, count = b * r_t + (1 - b) * x_t, b * r_k + (1 - b) * x_k, count + 1
             vals = torch.tensor([r_t, r_k, float(count)], dtype=torch.float32)
             self.params.xfer_bits.copy_(vals.view(torch.int32).to(self.params.xfer_bits.device))
             r_t, r_k = vals[:2].tolist()  # the ratio from the stored (float32) averages, as a resumed run reads them
+        return self._clipped_ratio(r_t, r_k, count)
+
+    @torch.no_grad()
+    def measure(self, g_task: torch.Tensor, g_kd: torch.Tensor) -> dict[str, torch.Tensor]:
+        """``transfer: next``: this batch's gradients; the transfer is from the previous call's batch to this one."""
+        x = self._transfers(g_task, *self._prev) if self._prev is not None else (None, None)
+        a = self._update(*x)
         self._prev = (g_task, g_kd)
-        a = g_task.new_tensor(self._clipped_ratio(r_t, r_k, count), dtype=torch.float32)
-        return {"gnorm_task": g_task.norm(), "gnorm_kd": g_kd.norm(), "xfer_ratio": a}
+        return {"gnorm_task": g_task.norm(), "gnorm_kd": g_kd.norm(), "xfer_ratio": g_task.new_tensor(a)}
+
+    @torch.no_grad()
+    def measure_split(self, half_1: tuple[torch.Tensor, torch.Tensor], half_2: tuple[torch.Tensor, torch.Tensor]
+                      ) -> dict[str, torch.Tensor]:
+        """``transfer: split``: ``(g_task, g_kd)`` of the two halves of one batch, at the same weights. The transfer
+        is the mean of both directions (half 1 -> half 2 and back); the norms are those of the halves' mean
+        gradients (an estimate of the whole batch's)."""
+        x_12, x_21 = self._transfers(half_2[0], *half_1), self._transfers(half_1[0], *half_2)
+        a = self._update((x_12[0] + x_21[0]) / 2, (x_12[1] + x_21[1]) / 2)
+        g_t, g_k = (half_1[0] + half_2[0]) / 2, (half_1[1] + half_2[1]) / 2
+        return {"gnorm_task": g_t.norm(), "gnorm_kd": g_k.norm(), "xfer_ratio": g_t.new_tensor(a)}
 
 
 # --------------------------------------------------------------------------------------------------------------------

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, get_args, get_origin, get_type_hints
@@ -32,12 +33,16 @@ class TeacherCfg:
 
     ``model``: a local Ultralytics checkpoint (``.pt``), or a model YAML (random init; for tests) optionally with
     ``weights`` (a ``.pt`` whose matching tensors are loaded into it). ``names``: optional mapping
-    ``{teacher_class_index: student_class_index}`` when the class sets differ in order or size.
+    ``{teacher_class_index: student_class_index}`` when the class sets differ in order or size. ``weight``: the
+    teacher's share in an ensemble (EKD), relative to the other teachers' (normalised to sum 1): every mean over
+    teachers (their KD losses, or their targets with ``distill.ensemble: mean_target``) is weighted by it.
+    ``bench/teacher_ensemble.py`` scores fused teachers on held-out images to choose it.
     """
 
     model: str = ""
     weights: str | None = None
     names: dict[int, int] | None = None
+    weight: float = 1.0
 
 
 @dataclass
@@ -79,6 +84,10 @@ class BalanceCfg:
     # fine-tuning lr (1e-4..1e-3) would not allow; their scale is independent of the network's: own lr.
     grad_every: int = 4  # gor_grad, gor_lookahead: measure the two gradients every N training steps (each costs two
     # backward passes through the head, roughly half a QAT step on CPU); the last measurement is used in between
+    transfer: str = "split"  # gor_lookahead: where a step's transfer to another batch's task loss is measured. split:
+    # between the two halves of the same batch, at the same weights (the one-step lookahead as written; four backward
+    # passes through the head per measurement); next: from one measurement's batch to the next one's, grad_every
+    # optimizer steps later (two backward passes; the steps in between enter the measurement)
 
 
 @dataclass
@@ -140,6 +149,7 @@ CHOICES = {
     "distill.feat_loss": ("cwd", "mse"),
     "distill.ensemble": ("mean_loss", "mean_target"),
     "balance.method": ("fixed", "gor", "gor_norm", "gor_grad", "gor_lookahead", "none"),
+    "balance.transfer": ("split", "next"),
     "quant.calib": ("minmax", "percentile", "mse"),
 }
 
@@ -227,6 +237,10 @@ def parse_gor(section: dict | None) -> GorCfg:
     if "teachers" in section and section["teachers"] is None:
         section["teachers"] = []
     cfg = _build(GorCfg, section, "gor")
+    for i, t in enumerate(cfg.teachers):
+        if not (math.isfinite(t.weight) and t.weight > 0):
+            raise ConfigError(f"gor.teachers[{i}].weight={t.weight} must be a positive number (its share in the "
+                              "ensemble; remove the teacher to leave it out)")
     if cfg.balance.grad_every < 1:
         raise ConfigError(f"gor.balance.grad_every={cfg.balance.grad_every} must be >= 1 (1: measure every step)")
     if cfg.export.calib_images < 1:

@@ -231,6 +231,23 @@ def test_transfer_meter():
         TransferMeter(torch.nn.Module())
 
 
+def test_transfer_meter_split():
+    """transfer: split: the transfers between the two halves of one batch, both directions averaged (exact arithmetic
+    on hand-made vectors); the norms are the halves' mean gradients'."""
+    meter = TransferMeter(make_gor_params(), beta=0.5)
+    h1 = (torch.tensor([3.0, 4.0, 0.0]), torch.tensor([0.0, 0.0, 2.0]))
+    h2 = (torch.tensor([1.0, 2.0, 3.0]), torch.tensor([0.0, 1.0, 0.0]))
+    out = meter.measure_split(h1, h2)
+    x_t = ((3 + 8) / 5 + (3 + 8) / 14**0.5) / 2  # <g2_t, g1_t> / |g1_t| and <g1_t, g2_t> / |g2_t|
+    x_k = (6 / 2 + 4 / 1) / 2  # <g2_t, g1_k> / |g1_k| and <g1_t, g2_k> / |g2_k|
+    assert meter.state() == pytest.approx((x_t, x_k, 1))  # the first measurement already holds a transfer
+    assert float(out["xfer_ratio"]) == pytest.approx(x_k / x_t)
+    assert float(out["gnorm_task"]) == pytest.approx(float(torch.tensor([2.0, 3.0, 1.5]).norm()))
+    assert float(out["gnorm_kd"]) == pytest.approx(float(torch.tensor([0.0, 0.5, 1.0]).norm()))
+    meter.measure_split(h2, h1)  # the same pair in the other order: the same transfers, averaged in
+    assert meter.state() == pytest.approx((x_t, x_k, 2))
+
+
 def test_flat_gradient():
     a = torch.tensor([1.0, 2.0], requires_grad=True)
     b = torch.tensor([[3.0]], requires_grad=True)

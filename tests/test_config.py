@@ -46,6 +46,7 @@ def test_quant_shorthand():
         (["gor.quant.start_epoch=-1"], "gor.quant.start_epoch=-1 must be >= 0 (0: quantize from the first epoch)"),
         (["gor.export.calib_images=0"], "gor.export.calib_images=0 must be >= 1 (e.g. 32)"),
         (["gor.quant.w_bits=x"], "gor.quant.w_bits must be a number, got 'x'"),
+        (["gor.teachers=[{model: t.pt, weight: 0}]"], "gor.teachers[0].weight=0.0 must be a positive number"),
         (["epochs"], "override 'epochs' must look like key=value"),
     ],
 )

@@ -12,6 +12,7 @@ from gor_det.distill import (
     cwd_loss,
     decode_ltrb,
     dfl_kd_loss,
+    ensemble_weights,
     ltrb_kd_loss,
     score_weighted_mse_loss,
     teacher_confidence,
@@ -198,3 +199,37 @@ def test_gradients_student_only():
         assert s.grad is not None and float(s.grad.abs().sum()) > 0
         assert t.grad is None
     assert math.isfinite(float(cwd_loss(_g(B, C, H, W, scale=1e3), _g(B, C, H, W, scale=1e3, seed=1))))
+
+
+def test_weighted_ensemble_targets():
+    """teacher_weights: the ensemble target is the weighted mean (probabilities, bin distributions, distances)."""
+    T, tw = 2.0, [3.0, 1.0]  # shares 0.75 / 0.25
+    s, t, t2 = (_g(B, NC, A, scale=3, seed=k) for k in (0, 1, 4))
+    w = torch.rand(B, A, generator=torch.Generator().manual_seed(3))
+    pm = 0.75 * torch.sigmoid(t.double() / T) + 0.25 * torch.sigmoid(t2.double() / T)
+    q = torch.sigmoid(s.double() / T)
+    ref = ((pm * torch.log(pm / q) + (1 - pm) * torch.log((1 - pm) / (1 - q))).sum(1) * w.double()).sum() / w.sum()
+    assert float(cls_kd_loss(s, [t, t2], T, w, teacher_weights=tw)) == pytest.approx(float(ref) * T**2, rel=1e-5)
+    # equal weights of any scale are the plain mean
+    assert float(cls_kd_loss(s, [t, t2], T, w, teacher_weights=[5, 5])) == pytest.approx(
+        float(cls_kd_loss(s, [t, t2], T, w)), rel=1e-6)
+    torch.testing.assert_close(teacher_confidence([t, t2], tw), (0.75 * t.sigmoid() + 0.25 * t2.sigmoid()).amax(1))
+
+    sb, tb, tb2 = (_g(B, 4 * R, A, scale=2, seed=k) for k in (0, 1, 5))
+    bins = [x.double().view(B, 4, R, A).permute(0, 1, 3, 2) for x in (sb, tb, tb2)]
+    pm = 0.75 * bins[1].softmax(-1) + 0.25 * bins[2].softmax(-1)
+    kl = kl_divergence(Categorical(probs=pm), Categorical(logits=bins[0])).mean(1).mean()
+    assert float(dfl_kd_loss(sb, [tb, tb2], R, 1.0, teacher_weights=tw)) == pytest.approx(float(kl), rel=1e-5)
+    t1 = _g(B, 4, A, seed=2).abs() * 4
+    ref = (DFLref(sb) - (0.75 * DFLref(tb) + 0.25 * t1.double())).abs().mean()
+    assert float(ltrb_kd_loss(sb, R, [tb, t1], [R, 1], teacher_weights=tw)) == pytest.approx(float(ref), rel=1e-5)
+
+
+def test_ensemble_weights():
+    assert ensemble_weights(2) == [0.5, 0.5]
+    assert ensemble_weights(2, [3, 1]) == [0.75, 0.25]
+    with pytest.raises(ValueError, match="2 teacher weights for 3 teachers"):
+        ensemble_weights(3, [1, 1])
+    for bad in ([1, 0], [1, -1], [1, float("nan")]):
+        with pytest.raises(ValueError, match="positive finite"):
+            ensemble_weights(2, bad)

@@ -93,6 +93,35 @@ def test_two_heterogeneous_teachers(nets, ensemble, feat_loss):
     assert all(p.grad is None for t in teachers for p in t.parameters())
 
 
+@pytest.mark.parametrize("ensemble", ["mean_loss", "mean_target"])
+def test_teacher_weights(nets, ensemble):
+    """gor.teachers[i].weight: every mean over teachers is the weighted one (shares 3/4, 1/4 here)."""
+    s, ts = _run(nets)
+    adapters = build_adapters(s.channels, [t.channels for t in ts])
+    cfg = DistillCfg(feat=0.5, cls=2.0, box=3.0, ensemble=ensemble)
+    out = Distiller(cfg)(s, ts, adapters, teacher_weights=[3.0, 1.0])
+    feat = [sum(cwd_loss(ad[lv](s.feats[lv]), t.feats[lv]) for lv in range(3)) / 3 for t, ad in zip(ts, adapters)]
+    torch.testing.assert_close(out["kd_feat"], 0.5 * (0.75 * feat[0] + 0.25 * feat[1]))
+    if ensemble == "mean_loss":
+        w = [teacher_confidence(t.scores) for t in ts]
+        cls = 0.75 * cls_kd_loss(s.scores, ts[0].scores, 2.0, w[0]) + 0.25 * cls_kd_loss(s.scores, ts[1].scores, 2.0, w[1])
+        box = 0.75 * dfl_kd_loss(s.boxes, ts[0].boxes, 16, 1.0, w[0]) + 0.25 * ltrb_kd_loss(s.boxes, 16, ts[1].boxes, 1, w[1])
+    else:
+        wm = teacher_confidence([t.scores for t in ts], [0.75, 0.25])
+        cls = cls_kd_loss(s.scores, [t.scores for t in ts], 2.0, wm, teacher_weights=[0.75, 0.25])
+        box = ltrb_kd_loss(s.boxes, 16, [t.boxes for t in ts], [16, 1], wm, teacher_weights=[0.75, 0.25])
+    torch.testing.assert_close(out["kd_cls"], 2.0 * cls)
+    torch.testing.assert_close(out["kd_box"], 3.0 * box)
+    # equal weights of any scale are the default; the weights change the result
+    plain, equal = Distiller(cfg)(s, ts, adapters), Distiller(cfg)(s, ts, adapters, teacher_weights=[2.0, 2.0])
+    for k in KD_KEYS:
+        torch.testing.assert_close(equal[k], plain[k])
+    # (the random-init teachers' class scores are nearly alike: only the feature terms surely differ)
+    assert float(out["kd_feat"].detach()) != float(plain["kd_feat"].detach())
+    with pytest.raises(ValueError, match="1 teacher weights for 2 teachers"):
+        Distiller(cfg)(s, ts, adapters, teacher_weights=[1.0])
+
+
 def test_mean_target_same_reg_max_uses_mean_bins(nets):
     student, teachers = nets
     s, ts = _run(nets)

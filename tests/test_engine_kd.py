@@ -338,12 +338,13 @@ def test_gor_grad_measures_gradient_norms_on_head_inputs(tiny_data, teacher_pt, 
 
 
 def test_gor_lookahead_measures_transfer_on_head_parameters(tiny_data, teacher_pt):
-    """gor_lookahead: the criterion hands the balancer the norms of the task and KD gradients on the parameters of the
+    """gor_lookahead, transfer: next: the criterion hands the balancer the norms of the task and KD gradients on the parameters of the
     layers feeding the Detect head and of the head (checked against autograd), and from the second measurement on the
     transfer of the previous gradients to this batch's task gradient (in params.xfer_bits) and their ratio."""
     from gor_det.engine.criterion import lookahead_parameters
 
-    student, batch, seen = spied_kd_student(tiny_data, teacher_pt, {"method": "gor_lookahead", "grad_every": 1})
+    student, batch, seen = spied_kd_student(tiny_data, teacher_pt,
+                                            {"method": "gor_lookahead", "grad_every": 1, "transfer": "next"})
     crit = student.criterion
     params = [p for p in lookahead_parameters(student) if p.requires_grad]
     head = student.model[-1]
@@ -370,6 +371,59 @@ def test_gor_lookahead_measures_transfer_on_head_parameters(tiny_data, teacher_p
     r_t, r_k, count = crit.meter.state()
     assert count == 1 and r_t == pytest.approx(x_t, rel=1e-3) and r_k == pytest.approx(x_k, rel=1e-3)
     assert float(seen["xfer_ratio"]) == pytest.approx(min(max(x_k / x_t, 0.05), 20) if x_t > 0 else 1.0, rel=1e-3)
+
+
+def test_batch_rows_select_rows_give_the_half_batch_loss(tiny_data, teacher_pt):
+    """The task loss of the rows of a batch, from the whole batch's outputs (select_rows) and labels (batch_rows),
+    equals the loss of a forward on those images alone with their labels (eval-mode BN: rows are independent)."""
+    from gor_det.engine.criterion import batch_rows, select_rows
+
+    student, batch, _ = spied_kd_student(tiny_data, teacher_pt, {"method": "gor_lookahead"})
+    crit = student.criterion
+    student.eval()
+    with torch.no_grad():
+        preds = student(batch["img"])
+        for i in range(batch["img"].shape[0]):
+            rows = slice(i, i + 1)
+            got = crit.base(select_rows(preds, rows, 2), batch_rows(batch, rows))[0]
+            keep = batch["batch_idx"] == i
+            alone = {"batch_idx": torch.zeros(int(keep.sum())), "cls": batch["cls"][keep],
+                     "bboxes": batch["bboxes"][keep]}
+            ref = crit.base(student(batch["img"][rows]), alone)[0]
+            assert int(keep.sum()) > 0
+            torch.testing.assert_close(got, ref, rtol=1e-4, atol=1e-6)
+
+
+def test_gor_lookahead_split_transfer_between_batch_halves(tiny_data, teacher_pt):
+    """gor_lookahead, transfer: split (the default): the transfers between the two halves of the batch at the same
+    weights, both directions averaged, and the norms of the halves' mean gradients (checked against autograd)."""
+    from gor_det.distill import head_outputs
+    from gor_det.engine.criterion import batch_rows, lookahead_parameters, select_rows
+
+    student, batch, seen = spied_kd_student(tiny_data, teacher_pt, {"method": "gor_lookahead", "grad_every": 1})
+    crit = student.criterion
+    assert crit.cfg.balance.transfer == "split"
+    params = [p for p in lookahead_parameters(student) if p.requires_grad]
+    student.train()
+    preds = student(batch["img"])  # train-mode BN: the outputs of the criterion's own forward on this batch
+    s_out = head_outputs(preds, crit.reg_max)
+    grads = []
+    for rows in (slice(0, 1), slice(1, 2)):
+        task = crit.base(select_rows(preds, rows, 2), batch_rows(batch, rows))[0].sum()
+        t_outs = [head_outputs(y, r) for y, r in zip(crit.teachers(batch["img"][rows]), crit.t_reg_max)]
+        kd = crit.distiller(s_out.select(rows), t_outs, student.kd["adapters"])["kd"]
+        grads.append([torch.cat([g.double().flatten() for g in torch.autograd.grad(
+            t, params, retain_graph=True, allow_unused=True, materialize_grads=True)]) for t in (task, kd)])
+    (g1_t, g1_k), (g2_t, g2_k) = grads
+    x_t = float(g2_t @ g1_t / g1_t.norm() + g1_t @ g2_t / g2_t.norm()) / 2
+    x_k = float(g2_t @ g1_k / g1_k.norm() + g1_t @ g2_k / g2_k.norm()) / 2
+
+    student(batch)
+    r_t, r_k, count = crit.meter.state()
+    assert count == 1 and r_t == pytest.approx(x_t, rel=1e-3) and r_k == pytest.approx(x_k, rel=1e-3)
+    assert float(seen["xfer_ratio"]) == pytest.approx(min(max(x_k / x_t, 0.05), 20) if x_t > 0 else 1.0, rel=1e-3)
+    assert float(seen["gnorm_task"]) == pytest.approx(float(((g1_t + g2_t) / 2).norm()), rel=1e-4)
+    assert float(seen["gnorm_kd"]) == pytest.approx(float(((g1_k + g2_k) / 2).norm()), rel=1e-4)
 
 
 def test_nan_recovery_restores_quantizers_adapters_and_scalars(tiny_data, teacher_pt, tmp_path):

@@ -61,6 +61,10 @@ class HeadOutputs:
         """``(H_l, W_l)`` of each level."""
         return [(int(f.shape[2]), int(f.shape[3])) for f in self.feats]
 
+    def select(self, rows: slice) -> HeadOutputs:
+        """The outputs of the images ``rows`` of the batch (views, graph kept)."""
+        return HeadOutputs([f[rows] for f in self.feats], self.scores[rows], self.boxes[rows], self.reg_max)
+
     def detach(self) -> HeadOutputs:
         """A copy whose tensors are detached from the graph (for teachers)."""
         return HeadOutputs([f.detach() for f in self.feats], self.scores.detach(), self.boxes.detach(), self.reg_max)

@@ -14,7 +14,8 @@ For a student and one or more frozen teachers (all :class:`HeadOutputs` of the s
 * Ensembles: ``mean_loss`` averages the per-teacher head losses; ``mean_target`` computes one head loss against the
   averaged teacher prediction (mean Bernoulli probabilities for classes; mean bin distributions for boxes when all
   ``reg_max`` agree with the student's, else mean decoded distances), weighted by the averaged prediction's
-  confidence.
+  confidence. Every mean over teachers (feature losses included) is weighted by the teachers' shares ``w_i``
+  (``gor.teachers[i].weight`` normalised to sum 1; equal by default).
 * ``kd = kd_feat + kd_cls + kd_box``. A term whose weight is 0 is not computed and is reported as a float32 zero, so
   the keys never change (Ultralytics fixes its loss names on the first batch).
 """
@@ -33,6 +34,7 @@ from .losses import (
     cls_kd_loss,
     cwd_loss,
     dfl_kd_loss,
+    ensemble_weights,
     ltrb_kd_loss,
     score_weighted_mse_loss,
     teacher_confidence,
@@ -120,20 +122,25 @@ class Distiller:
                 losses.append(score_weighted_mse_loss(s_adapted, tf, weights[level]))
         return torch.stack(losses).mean()
 
-    def _weight(self, scores) -> torch.Tensor | None:
-        return teacher_confidence(scores) if self.cfg.conf_weight else None
+    def _weight(self, scores, shares=None) -> torch.Tensor | None:
+        return teacher_confidence(scores, shares) if self.cfg.conf_weight else None
 
-    def box_loss(self, student: HeadOutputs, teachers: Sequence[HeadOutputs], weight) -> torch.Tensor:
-        """Unweighted box KD against one teacher or the averaged target of several."""
+    def box_loss(self, student: HeadOutputs, teachers: Sequence[HeadOutputs], weight, shares=None) -> torch.Tensor:
+        """Unweighted box KD against one teacher or the (``shares``-weighted) averaged target of several."""
         regs = [t.reg_max for t in teachers]
         boxes = [t.boxes for t in teachers]
         if student.reg_max > 1 and all(r == student.reg_max for r in regs):
-            return dfl_kd_loss(student.boxes, boxes, student.reg_max, T=self.cfg.box_T, weight=weight)
-        return ltrb_kd_loss(student.boxes, student.reg_max, boxes, regs, weight=weight)
+            return dfl_kd_loss(student.boxes, boxes, student.reg_max, T=self.cfg.box_T, weight=weight,
+                               teacher_weights=shares)
+        return ltrb_kd_loss(student.boxes, student.reg_max, boxes, regs, weight=weight, teacher_weights=shares)
 
     # ----------------------------------------------------------------------------------------------------------------
     def __call__(
-        self, student: HeadOutputs, teachers: Sequence[HeadOutputs], adapters: nn.ModuleList | None
+        self,
+        student: HeadOutputs,
+        teachers: Sequence[HeadOutputs],
+        adapters: nn.ModuleList | None,
+        teacher_weights: Sequence[float] | None = None,
     ) -> dict[str, torch.Tensor]:
         """KD terms for one batch.
 
@@ -142,6 +149,8 @@ class Distiller:
             teachers: one :class:`HeadOutputs` per teacher (computed under ``torch.no_grad``; detached here anyway),
                 class scores already mapped to the student's classes.
             adapters: ``adapters[teacher][level]`` from :func:`build_adapters` (may be None when ``cfg.feat == 0``).
+            teacher_weights: one positive weight per teacher (``gor.teachers[i].weight``), normalised to the shares
+                of every mean over teachers; None: equal shares.
 
         Returns:
             ``{"kd_feat", "kd_cls", "kd_box", "kd"}``: float32 scalars, each multiplied by its weight.
@@ -149,20 +158,26 @@ class Distiller:
         cfg = self.cfg
         teachers = [t.detach() for t in teachers]
         self.check(student, teachers, adapters)
+        shares = ensemble_weights(len(teachers), teacher_weights)
+
+        def mean_over_teachers(values: list[torch.Tensor]) -> torch.Tensor:
+            return sum(w * v for w, v in zip(shares, values))
+
         out = {k: student.scores.new_zeros((), dtype=torch.float32) for k in ("kd_feat", "kd_cls", "kd_box")}
 
         if cfg.feat:
             per_t = [self.feat_loss(student, t, ad) for t, ad in zip(teachers, adapters)]
-            out["kd_feat"] = cfg.feat * torch.stack(per_t).mean()
+            out["kd_feat"] = cfg.feat * mean_over_teachers(per_t)
 
         if cfg.cls or cfg.box:
             if cfg.ensemble == "mean_target" and len(teachers) > 1:
-                weight = self._weight([t.scores for t in teachers])
+                t_scores = [t.scores for t in teachers]
+                weight = self._weight(t_scores, shares)
                 if cfg.cls:
-                    t_scores = [t.scores for t in teachers]
-                    out["kd_cls"] = cfg.cls * cls_kd_loss(student.scores, t_scores, T=cfg.cls_T, weight=weight)
+                    out["kd_cls"] = cfg.cls * cls_kd_loss(student.scores, t_scores, T=cfg.cls_T, weight=weight,
+                                                          teacher_weights=shares)
                 if cfg.box:
-                    out["kd_box"] = cfg.box * self.box_loss(student, teachers, weight)
+                    out["kd_box"] = cfg.box * self.box_loss(student, teachers, weight, shares)
             else:  # mean_loss (or a single teacher, where both modes agree)
                 cls_l, box_l = [], []
                 for t in teachers:
@@ -172,9 +187,9 @@ class Distiller:
                     if cfg.box:
                         box_l.append(self.box_loss(student, [t], weight))
                 if cfg.cls:
-                    out["kd_cls"] = cfg.cls * torch.stack(cls_l).mean()
+                    out["kd_cls"] = cfg.cls * mean_over_teachers(cls_l)
                 if cfg.box:
-                    out["kd_box"] = cfg.box * torch.stack(box_l).mean()
+                    out["kd_box"] = cfg.box * mean_over_teachers(box_l)
 
         out["kd"] = out["kd_feat"] + out["kd_cls"] + out["kd_box"]
         return out

@@ -14,7 +14,8 @@ Conventions shared by all losses:
   ``weight=None`` is the plain mean over ``B * A``.
 * **Ensembles**: ``cls_kd_loss``, ``dfl_kd_loss`` and ``ltrb_kd_loss`` accept a list of teacher tensors instead of one
   tensor; the target is then the teachers' *mean distribution* (mean Bernoulli probability per class, mean bin
-  distribution per side, mean decoded distance), computed in log space (log-mean-exp) for stability.
+  distribution per side, mean decoded distance), computed in log space (log-mean-exp) for stability. With
+  ``teacher_weights`` (one positive number per teacher, normalised to sum 1) the mean is the weighted one.
 
 Layouts are Ultralytics 8.4's (see :mod:`gor_det.distill.capture`): class logits ``(B, nc, A)``, box logits
 ``(B, 4 * reg_max, A)`` viewed as ``(B, 4, reg_max, A)``.
@@ -33,6 +34,7 @@ __all__ = [
     "cwd_loss",
     "decode_ltrb",
     "dfl_kd_loss",
+    "ensemble_weights",
     "ltrb_kd_loss",
     "score_weighted_mse_loss",
     "teacher_confidence",
@@ -56,11 +58,27 @@ def _check_same(name: str, s: torch.Tensor, t: torch.Tensor) -> None:
         raise ValueError(f"{name}: student {tuple(s.shape)} and teacher {tuple(t.shape)} shapes differ")
 
 
-def _log_mean_exp(logs: list[torch.Tensor]) -> torch.Tensor:
-    """``log(mean_i exp(logs[i]))``, elementwise; the log of a mean of probabilities, stable."""
+def ensemble_weights(n: int, teacher_weights: Sequence[float] | None = None) -> list[float]:
+    """The ``n`` teachers' shares in an ensemble: ``teacher_weights`` normalised to sum 1 (None: ``1 / n`` each).
+    Raises ValueError for a wrong count or a weight that is not a positive finite number."""
+    if teacher_weights is None:
+        return [1.0 / n] * n
+    w = [float(x) for x in teacher_weights]
+    if len(w) != n:
+        raise ValueError(f"{len(w)} teacher weights for {n} teachers")
+    if not all(math.isfinite(x) and x > 0 for x in w):
+        raise ValueError(f"teacher weights must be positive finite numbers, got {w}")
+    total = sum(w)
+    return [x / total for x in w]
+
+
+def _log_mean_exp(logs: list[torch.Tensor], weights: list[float]) -> torch.Tensor:
+    """``log(sum_i weights[i] * exp(logs[i]))`` (weights sum to 1), elementwise: the log of a (weighted) mean of
+    probabilities, stable."""
     if len(logs) == 1:
         return logs[0]
-    return torch.logsumexp(torch.stack(logs, 0), 0) - math.log(len(logs))
+    log_w = torch.tensor(weights, dtype=logs[0].dtype, device=logs[0].device).log()
+    return torch.logsumexp(torch.stack(logs, 0) + log_w.view(-1, *[1] * logs[0].ndim), 0)
 
 
 def weighted_mean(per: torch.Tensor, weight: torch.Tensor | None = None) -> torch.Tensor:
@@ -124,7 +142,11 @@ def score_weighted_mse_loss(
 # Head losses: scores (B, nc, A), boxes (B, 4 * reg_max, A)
 # --------------------------------------------------------------------------------------------------------------------
 def cls_kd_loss(
-    s_logits: torch.Tensor, t_logits: TensorOrList, T: float = 1.0, weight: torch.Tensor | None = None
+    s_logits: torch.Tensor,
+    t_logits: TensorOrList,
+    T: float = 1.0,
+    weight: torch.Tensor | None = None,
+    teacher_weights: Sequence[float] | None = None,
 ) -> torch.Tensor:
     """Per-class binary KL at temperature ``T`` (YOLO classes are independent sigmoids, not a softmax).
 
@@ -142,15 +164,17 @@ def cls_kd_loss(
             ``p = mean_i sigmoid(t_i / T)`` (KL against the averaged Bernoulli).
         T: temperature.
         weight: per-anchor weight ``(B, A)`` or None.
+        teacher_weights: the teachers' shares in the mean (see :func:`ensemble_weights`); None: equal.
     """
     teachers = _as_list(t_logits)
+    tw = ensemble_weights(len(teachers), teacher_weights)
     for t in teachers:
         _check_same("cls_kd_loss", s_logits, t)
     s = s_logits.float() / T
     log_q, log_1mq = F.logsigmoid(s), F.logsigmoid(-s)
     ts = [t.detach().float() / T for t in teachers]
-    log_p = _log_mean_exp([F.logsigmoid(t) for t in ts])
-    log_1mp = _log_mean_exp([F.logsigmoid(-t) for t in ts])
+    log_p = _log_mean_exp([F.logsigmoid(t) for t in ts], tw)
+    log_1mp = _log_mean_exp([F.logsigmoid(-t) for t in ts], tw)
     kl = log_p.exp() * (log_p - log_q) + log_1mp.exp() * (log_1mp - log_1mq)  # (B, nc, A)
     return weighted_mean(kl.sum(1), weight) * (T * T)
 
@@ -166,6 +190,7 @@ def dfl_kd_loss(
     reg_max: int,
     T: float = 1.0,
     weight: torch.Tensor | None = None,
+    teacher_weights: Sequence[float] | None = None,
 ) -> torch.Tensor:
     """Localization distillation (Zheng et al., CVPR 2022): KL between the DFL bin distributions of each box side.
 
@@ -185,17 +210,19 @@ def dfl_kd_loss(
             :func:`ltrb_kd_loss`).
         T: temperature.
         weight: per-anchor weight ``(B, A)`` or None.
+        teacher_weights: the teachers' shares in the mean bin distribution (:func:`ensemble_weights`); None: equal.
     """
     reg_max = int(reg_max)
     if reg_max < 2:
         raise ValueError(f"dfl_kd_loss needs reg_max > 1 (got {reg_max}); use ltrb_kd_loss for raw ltrb heads")
     teachers = _as_list(t_box)
+    tw = ensemble_weights(len(teachers), teacher_weights)
     _check_box("dfl_kd_loss student", s_box, reg_max)
     for t in teachers:
         _check_same("dfl_kd_loss", s_box, t)
     b, _, a = s_box.shape
     log_ps = F.log_softmax(s_box.float().view(b, 4, reg_max, a) / T, dim=2)
-    log_pt = _log_mean_exp([F.log_softmax(t.detach().float().view(b, 4, reg_max, a) / T, dim=2) for t in teachers])
+    log_pt = _log_mean_exp([F.log_softmax(t.detach().float().view(b, 4, reg_max, a) / T, dim=2) for t in teachers], tw)
     kl = (log_pt.exp() * (log_pt - log_ps)).sum(2).mean(1)  # (B, A)
     return weighted_mean(kl, weight) * (T * T)
 
@@ -222,6 +249,7 @@ def ltrb_kd_loss(
     t_box: TensorOrList,
     t_reg_max: int | Sequence[int],
     weight: torch.Tensor | None = None,
+    teacher_weights: Sequence[float] | None = None,
 ) -> torch.Tensor:
     """L1 between decoded ltrb distances, for heads whose ``reg_max`` differ (e.g. a YOLO26 teacher, reg_max=1).
 
@@ -239,6 +267,7 @@ def ltrb_kd_loss(
         t_box: teacher box output ``(B, 4 * t_reg_max, A)``, or a list of them.
         t_reg_max: teacher bins per side, or one per teacher.
         weight: per-anchor weight ``(B, A)`` or None.
+        teacher_weights: the teachers' shares in the mean distance (:func:`ensemble_weights`); None: equal.
     """
     teachers = _as_list(t_box)
     t_regs = [int(t_reg_max)] * len(teachers) if isinstance(t_reg_max, int) else [int(r) for r in t_reg_max]
@@ -248,17 +277,20 @@ def ltrb_kd_loss(
     d_t = [decode_ltrb(t.detach(), r) for t, r in zip(teachers, t_regs)]
     for d in d_t:
         _check_same("ltrb_kd_loss (decoded)", d_s, d)
-    target = d_t[0] if len(d_t) == 1 else torch.stack(d_t, 0).mean(0)
+    tw = ensemble_weights(len(d_t), teacher_weights)
+    target = d_t[0] if len(d_t) == 1 else sum(w * d for w, d in zip(tw, d_t))
     if int(s_reg_max) > 1:
         target = target.clamp(0.0, float(int(s_reg_max) - 1))
     per = (d_s - target).abs().mean(1)  # (B, A)
     return weighted_mean(per, weight)
 
 
-def teacher_confidence(t_scores: TensorOrList) -> torch.Tensor:
+def teacher_confidence(t_scores: TensorOrList, teacher_weights: Sequence[float] | None = None) -> torch.Tensor:
     """Per-anchor teacher confidence ``(B, A)``: the max class probability ``max_c sigmoid(t[b, c, a])`` (float32,
-    detached). For a list of teachers: ``max_c mean_i sigmoid(t_i)`` (the confidence of the averaged prediction)."""
+    detached). For a list of teachers: ``max_c sum_i w_i sigmoid(t_i)`` (the confidence of the averaged prediction;
+    ``w`` from :func:`ensemble_weights`, equal by default)."""
     teachers = [t.detach().float() for t in _as_list(t_scores)]
     if len(teachers) == 1:
         return teachers[0].amax(1).sigmoid()
-    return torch.stack([t.sigmoid() for t in teachers], 0).mean(0).amax(1)
+    tw = ensemble_weights(len(teachers), teacher_weights)
+    return sum(w * t.sigmoid() for w, t in zip(tw, teachers)).amax(1)

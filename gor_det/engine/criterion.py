@@ -68,22 +68,42 @@ class KDCriterion:
     def kd_terms(self, preds, img: torch.Tensor) -> tuple[HeadOutputs, dict[str, torch.Tensor]]:
         """The student's head outputs in ``preds`` and its KD terms against the teachers run on ``img``:
         ``{"kd_feat", "kd_cls", "kd_box", "kd"}`` (per image, weighted; ``kd`` is their sum, ``L_kd``)."""
-        student = head_outputs(preds, self.reg_max)
-        t_outs = [head_outputs(y, r) for y, r in zip(self.teachers(img), self.t_reg_max)]
-        return student, self.distiller(student, t_outs, self.kd["adapters"])
+        student, t_outs = self._outputs(preds, img)
+        return student, self._distill(student, t_outs)
 
-    def _measure(self, task: torch.Tensor, l_kd: torch.Tensor, feats: list[torch.Tensor]) -> dict[str, torch.Tensor]:
+    def _outputs(self, preds, img: torch.Tensor) -> tuple[HeadOutputs, list[HeadOutputs]]:
+        """The student's head outputs in ``preds`` and the teachers' on ``img``."""
+        return head_outputs(preds, self.reg_max), [head_outputs(y, r) for y, r in zip(self.teachers(img), self.t_reg_max)]
+
+    def _distill(self, student: HeadOutputs, t_outs: list[HeadOutputs]) -> dict[str, torch.Tensor]:
+        return self.distiller(student, t_outs, self.kd["adapters"], [c.weight for c in self.teachers.cfgs])
+
+    def _measure(self, task, l_kd, preds, batch, student, t_outs) -> dict[str, torch.Tensor]:
         """What the gradient forms balance on: ``gor_grad``, the two losses' gradient norms on the Detect-head inputs
-        ``feats`` (two backward passes through the head); ``gor_lookahead``, their gradients on the parameters that
-        produce and read those inputs, through the :class:`TransferMeter` (norms and transfer ratio)."""
+        (two backward passes through the head); ``gor_lookahead``, their gradients on the parameters that produce and
+        read those inputs, through the :class:`TransferMeter` (norms and transfer ratio): of the whole batch
+        (``transfer: next``), or of each half of it (``transfer: split``; a batch of one image keeps the last
+        measurement)."""
         if self.meter is None:
-            feats = [f for f in feats if f.requires_grad]
+            feats = [f for f in student.feats if f.requires_grad]
             return {"gnorm_task": gradient_norm(task, feats), "gnorm_kd": gradient_norm(l_kd, feats)}
         wrt = [p for p in self.lookahead_params if p.requires_grad]  # the DFL conv is frozen
         if not wrt:
             raise ValueError("gor_lookahead: no trainable parameter in the Detect head or the layers feeding it "
                              "(frozen by 'freeze='?); use gor.balance.method=gor_grad")
-        return self.meter.measure(flat_gradient(task, wrt), flat_gradient(l_kd, wrt))
+        if self.cfg.balance.transfer == "next":
+            return self.meter.measure(flat_gradient(task, wrt), flat_gradient(l_kd, wrt))
+        bs = batch["img"].shape[0]
+        if bs < 2:
+            return self._gnorms if self._gnorms is not None else self.meter.measure(
+                flat_gradient(task, wrt), flat_gradient(l_kd, wrt))
+        halves = []
+        for rows in (slice(0, bs // 2), slice(bs // 2, bs)):
+            n = rows.stop - rows.start
+            task_h = self.base(select_rows(preds, rows, bs), batch_rows(batch, rows))[0].sum() / n
+            kd_h = self._distill(student.select(rows), [t.select(rows) for t in t_outs])["kd"]
+            halves.append((flat_gradient(task_h, wrt), flat_gradient(kd_h, wrt)))
+        return self.meter.measure_split(*halves)
 
     def __call__(self, preds, batch):
         det_loss, det_items = self.base(preds, batch)
@@ -91,7 +111,8 @@ class KDCriterion:
         bs = img.shape[0]
         task = det_loss.sum() / bs
         if torch.is_grad_enabled() or self.cfg.distill.val_kd:
-            student, kd = self.kd_terms(preds, img)
+            student, t_outs = self._outputs(preds, img)
+            kd = self._distill(student, t_outs)
         else:  # Ultralytics' validator (no_grad) with distill.val_kd off: no teacher forward
             zero = task.new_zeros(())
             kd = {k: zero for k in (*KD_KEYS, "kd")}
@@ -99,7 +120,7 @@ class KDCriterion:
         if self.wants_grad_norms and torch.is_grad_enabled():
             # measured every grad_every training steps; the scalars use the last measurement in between
             if self._steps % self.cfg.balance.grad_every == 0 or self._gnorms is None:
-                self._gnorms = self._measure(task, kd["kd"], student.feats)
+                self._gnorms = self._measure(task, kd["kd"], preds, batch, student, t_outs)
             self._steps += 1
             losses.update(self._gnorms)
         total, weights = self.balancer(losses)
@@ -109,6 +130,27 @@ class KDCriterion:
         for k in ("w_task", "w_kd"):
             items[k] = torch.as_tensor(weights[k], device=img.device, dtype=torch.float32).detach().reshape(())
         return total.reshape(1) * bs, items
+
+
+def select_rows(preds, rows: slice, batch_size: int):
+    """The images ``rows`` of a Detect head's raw training output (nested dicts / lists / tuples of tensors whose
+    first axis is the batch), views with the graph kept; other values unchanged."""
+    if isinstance(preds, torch.Tensor):
+        return preds[rows] if preds.ndim and preds.shape[0] == batch_size else preds
+    if isinstance(preds, dict):
+        return {k: select_rows(v, rows, batch_size) for k, v in preds.items()}
+    if isinstance(preds, (list, tuple)):
+        return type(preds)(select_rows(v, rows, batch_size) for v in preds)
+    return preds
+
+
+def batch_rows(batch: dict, rows: slice) -> dict:
+    """The images ``rows`` of an Ultralytics detection batch, with what its loss reads (``img``, ``batch_idx``
+    renumbered from 0, ``cls``, ``bboxes``)."""
+    idx = batch["batch_idx"]
+    keep = (idx >= rows.start) & (idx < rows.stop)
+    return {"img": batch["img"][rows], "batch_idx": idx[keep] - rows.start, "cls": batch["cls"][keep],
+            "bboxes": batch["bboxes"][keep]}
 
 
 def build_kd_modules(model: nn.Module, teachers: TeacherSet, balance: BalanceCfg) -> nn.ModuleDict:
