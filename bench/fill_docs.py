@@ -32,7 +32,7 @@ DOCS = {
     "docs/quantization.md": ["fp_v8n", "fp_v8n_ft", "ptq_w8a8", "qat_w8a8", "ul_quantize8", "qat_w4a8", "ptq_w4a4",
                              "qat_w4a4"],
     "docs/gor.md": ["teacher_v8s", "teacher_v11s", "fp_v8n_ft", "qat_w8a8", "kd_fixed0.2_w8a8", "kd_fixed0.5_w8a8",
-                    "kd_fixed2_w8a8", "kd_fixed8_w8a8", "kd_gor_w8a8", "kd_gorgrad_w8a8", "kd_gorlook_w8a8",
+                    "kd_fixed1_w8a8", "kd_fixed2_w8a8", "kd_fixed8_w8a8", "kd_gor_w8a8", "kd_gorgrad_w8a8", "kd_gorlook_w8a8",
                     "kd_gorlooksplit_w8a8", "ekd_gorgrad_w8a8", "ekd_gorgrad_mt_w8a8", "ekd_gorgrad_mtw_w8a8",
                     "ul_distill_q8", "ul_distill_fp", "kd_gorgrad_fp", "qat_w4a4", "kd_fixed2_w4a4", "kd_gorgrad_w4a4"],
 }
@@ -60,7 +60,7 @@ def block(names: list[str], ref: str | None) -> str:
             f"{ultralytics.__version__}  \nDate: rows run on {', '.join(days)}")
 
 
-FIXED_W8A8 = ["kd_fixed0.2_w8a8", "kd_fixed0.5_w8a8", "kd_fixed2_w8a8", "kd_fixed8_w8a8"]  # the fixed-weight sweep
+FIXED_W8A8 = ["kd_fixed0.2_w8a8", "kd_fixed0.5_w8a8", "kd_fixed1_w8a8", "kd_fixed2_w8a8", "kd_fixed8_w8a8"]  # the fixed-weight sweep
 
 
 def sweep_runs(rows: list[dict], ref: str = "kd_gorgrad_w8a8") -> list[str]:

@@ -11,10 +11,11 @@ their ratio; the cosine between the two gradients; and each KD term's gradient n
 ``gor_lookahead`` measures: on the parameters of the layers feeding the Detect head and of the head, the norms of the
 two gradients and, for every ordered pair of distinct batches (A, B), the transfers ``ρ_t = <g_t^B, g_t^A> / |g_t^A|``
 and ``ρ_k = <g_t^B, g_k^A> / |g_k^A|`` (how much a unit step along each term's batch-A gradient lowers batch B's task
-loss), averaged over the pairs. With ``--holdout DATA`` the same transfers are also measured to the task loss of
-un-augmented batches of DATA's val split (images the student never trained on; eval-mode BN, the arithmetic the val
-mAP is scored with): ``ρ_j^H = <g_t^H, g_j^A> / |g_j^A|`` averaged over training batches A and held-out batches H,
-i.e. the ratio a lookahead on held-out images would use. Nothing is trained.
+loss), averaged over the pairs. With ``--holdout DATA`` (or ``--holdout-seed K``: a fresh split of the bench preset)
+the same transfers are also measured to the task loss of un-augmented batches of that val split (images the student
+never trained on; eval-mode BN, the arithmetic the val mAP is scored with): ``ρ_j^H = <g_t^H, g_j^A> / |g_j^A|``
+averaged over training batches A and held-out batches H, i.e. the ratio a lookahead on held-out images would use.
+Nothing is trained.
 """
 
 from __future__ import annotations
@@ -39,7 +40,9 @@ def main():
     ap.add_argument("--batch", type=int, default=16)
     ap.add_argument("--batches", type=int, default=6)
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--holdout", help="a dataset yaml whose val images give held-out batches (e.g. a fresh seed)")
+    ap.add_argument("--holdout", help="a dataset yaml whose val images give held-out batches")
+    ap.add_argument("--holdout-seed", type=int, help="held-out batches from a fresh split of the bench preset with this "
+                    "seed (bench/teacher_ensemble.py's; instead of --holdout)")
     ap.add_argument("--holdout-batches", type=int, default=4)
     a = ap.parse_args()
     import torch
@@ -102,6 +105,10 @@ def main():
               "|---|---|---|---|---|---|---|",
               f"| {n_t:.4f} | {n_k:.4f} | {n_t / n_k:.2f} | {rho_t:.4f} | {rho_k:.4f} | {rho_k / rho_t:.2f} | "
               f"{rho_k / rho_t * n_t / n_k:.2f} |"]
+    if a.holdout_seed is not None:
+        from teacher_ensemble import fresh_split  # bench/ is sys.path[0] when run as a script
+
+        a.holdout = str(fresh_split(a.holdout_seed))
     if a.holdout:
         dh = check_det_dataset(a.holdout)
         h_loader = build_dataloader(build_yolo_dataset(cfg, dh["val"], a.batch, dh, mode="val", rect=False, stride=32),

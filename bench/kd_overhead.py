@@ -52,6 +52,7 @@ def main():
     ap.add_argument("--quant", action="store_true", help="W8A8 QAT student")
     ap.add_argument("--balance", default="gor")
     ap.add_argument("--grad-every", type=int, default=4, help="gor_grad: measure the gradient norms every N steps")
+    ap.add_argument("--transfer", default="next", choices=("next", "split"), help="gor_lookahead: gor.balance.transfer")
     a = ap.parse_args()
     import torch
 
@@ -62,7 +63,7 @@ def main():
     torch.set_num_threads(a.threads)
     torch.manual_seed(0)
     gor = parse_gor({"teachers": [{"model": t} for t in a.teachers],
-                     "balance": {"method": a.balance, "grad_every": a.grad_every}, **({"quant": {}} if a.quant else {})})
+                     "balance": {"method": a.balance, "grad_every": a.grad_every, "transfer": a.transfer}, **({"quant": {}} if a.quant else {})})
     batch = fake_batch(a.batch, a.imgsz, NC)
     x = batch["img"]
     student = build_student(a.student, NC, x[:4], gor.quant)
@@ -82,7 +83,8 @@ def main():
         "| quantity | seconds per step |", "|---|---|",
         f"| A: student step ({'W8A8 QAT' if a.quant else 'FP'} {a.student}) | {t_a:.3f} |",
         f"| T: teacher forwards ({', '.join(a.teachers)}) | {t_t:.3f} |",
-        f"| K: student step with gor_det KD ({a.balance}{', mean' if amortised else ''}) | {t_k:.3f} |",
+        f"| K: student step with gor_det KD ({a.balance}{' ' + a.transfer if a.balance == 'gor_lookahead' else ''}"
+        f"{', mean' if amortised else ''}) | {t_k:.3f} |",
         f"| overhead K / (A + T) - 1 | {over:+.1%} |",
         "", f"Command: `python bench/kd_overhead.py {' '.join(sys.argv[1:])}`  ",
         f"Machine: {platform.machine()}, {os.cpu_count()} CPU cores, {a.threads} threads; batch {a.batch} at {a.imgsz} px, "

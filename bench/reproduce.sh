@@ -15,9 +15,9 @@ bash scripts/setup_env.sh
 .venv/bin/pip install --disable-pip-version-check -q -c .ci/constraints.txt -e ".[export,dev,bench]"
 # The key comparisons of the issues' targets, seeds 0-4 (the teachers are trained once, seed 0)
 $PY bench/run.py --suite $S --jobs 2 --seeds 0 1 2 3 4 --only teacher_v8s fp_v8n fp_v8n_ft ptq_w8a8 qat_w8a8 \
-  ul_quantize8 kd_fixed0.2_w8a8 kd_fixed0.5_w8a8 kd_fixed2_w8a8 kd_fixed8_w8a8 kd_gorgrad_w8a8 kd_gorlook_w8a8 \
-  kd_gor_w8a8 kd_gorlooksplit_w8a8 teacher_v11s ekd_gorgrad_w8a8 ekd_gorgrad_mt_w8a8 ekd_gorgrad_mtw_w8a8 \
-  -- gor.threads=1
+  ul_quantize8 kd_fixed0.2_w8a8 kd_fixed0.5_w8a8 kd_fixed1_w8a8 kd_fixed2_w8a8 kd_fixed8_w8a8 kd_gorgrad_w8a8 \
+  kd_gorlook_w8a8 kd_gor_w8a8 kd_gorlooksplit_w8a8 teacher_v11s ekd_gorgrad_w8a8 ekd_gorgrad_mt_w8a8 \
+  ekd_gorgrad_mtw_w8a8 -- gor.threads=1
 # The other rows, seeds 0-1: bit widths, FP KD, Ultralytics' KD, W4A4 KD
 $PY bench/run.py --suite $S --jobs 2 --seeds 0 1 --only qat_w4a8 ptq_w4a4 qat_w4a4 ul_distill_fp kd_gorgrad_fp \
   ul_distill_q8 kd_fixed2_w4a4 kd_gorgrad_w4a4 -- gor.threads=1

@@ -41,6 +41,13 @@ from gor_det.engine.evaluate import coco_json_of, load_model, train_imgsz  # noq
 from gor_det.eval import evaluate_backend  # noqa: E402
 
 
+def fresh_split(seed: int, n_val: int = 300) -> Path:
+    """``data.yaml`` of a freshly generated split of the bench preset (``seed``; its val split holds ``n_val``
+    images, its train split one), under the temp dir; reused when already complete."""
+    root = Path(tempfile.gettempdir()) / f"gor_det_synth_bench_seed{seed}_val{n_val}"
+    return make_synthetic(root, preset="bench", seed=seed, n_train=1, n_val=n_val)
+
+
 def fuse(decoded: list[torch.Tensor], rule: str, static: list[float] | None = None) -> torch.Tensor:
     """Fuse decoded head outputs ``(B, 4 + nc, A)`` (xywh pixels, class probabilities) of several teachers per anchor.
 
@@ -84,10 +91,7 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
 
-    data = args.data
-    if data is None:
-        root = Path(tempfile.gettempdir()) / f"gor_det_synth_bench_seed{args.data_seed}_val{args.n_val}"
-        data = make_synthetic(root, preset="bench", seed=args.data_seed, n_train=1, n_val=args.n_val)
+    data = args.data if args.data is not None else fresh_split(args.data_seed, args.n_val)
     ann = coco_json_of(data)
     models = [load_model(p) for p in args.teachers]
     imgsz = train_imgsz(models[0])

@@ -77,10 +77,10 @@ Methods (``gor.balance.method``):
   stationary at ``w_j n_j = q_j n̄``: the gradient shares are in the ratio of the transfers (``a = 1``: ``gor_grad``),
   and the weighted gradient keeps the size ``n_t + n_k``. The balancer receives ``n_t, n_k`` (``gnorm_*``, on the
   same parameters) and ``a`` (``losses["xfer_ratio"]``). Where A and B come from (``gor.balance.transfer``):
-  ``split`` (default), the two halves of one batch at the same weights ``θ`` (the lookahead exactly as written,
-  symmetrised over A, B = the halves in both orders; ``n`` are the norms of the halves' mean gradients); ``next``, the
-  batches of two successive measurements ``grad_every`` optimizer steps apart (the gradient of B is then taken at
-  weights those steps have moved, so the steps' own effect enters the transfer).
+  ``next`` (default), the batches of two successive measurements ``grad_every`` optimizer steps apart (the gradient of
+  B is then taken at weights those steps have moved, so the steps' own effect enters the transfer); ``split``, the two
+  halves of one batch at the same weights ``θ`` (the lookahead exactly as written, symmetrised over A, B = the halves
+  in both orders; ``n`` are the norms of the halves' mean gradients).
 
 Storage (``make_gor_params``): a *plain* ``torch.nn.Module()`` instance (no gor_det class, so checkpoints unpickle in
 stock Ultralytics) holding float32 Parameters ``s_task``, ``s_kd`` (shape ``()``) and an int32 buffer ``bits`` (shape
@@ -193,7 +193,8 @@ class TransferMeter:
     batch's task loss, ``<g_t, g_t^prev> / ||g_t^prev||`` and ``<g_t, g_k^prev> / ||g_k^prev||``, into exponential
     moving averages (decay ``beta`` per measurement) (``gor.balance.transfer: next``). ``measure_split(half_1,
     half_2)`` takes the two gradients of each half of one batch instead and folds in the transfers between the halves
-    (``transfer: split``). Both return ``{"gnorm_task", "gnorm_kd", "xfer_ratio"}`` (float32 scalars). The averages and their count live in ``params.xfer_bits`` (exact float32 bits: checkpoints, the EMA
+    (``transfer: split``). Both return ``{"gnorm_task", "gnorm_kd", "xfer_ratio"}`` (float32 scalars). The averages
+    and their count live in ``params.xfer_bits`` (exact float32 bits: checkpoints, the EMA
     copy and resume carry them); the previous gradients are held here only, so after a resume the first measurement
     re-arms the lookahead and the averages continue from the checkpoint. (Under DDP each rank measures its own batch;
     DDP broadcasts buffers from rank 0 at every forward, so rank 0's averages are the ones carried on, while the

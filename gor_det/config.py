@@ -60,7 +60,8 @@ class DistillCfg:
     box: float = 1.0  # weight of box KD (DFL-bin KL when reg_max matches, else L1 on decoded ltrb distances)
     box_T: float = 1.0
     conf_weight: bool = True  # weight head KD per anchor by teacher confidence (max class prob)
-    ensemble: str = "mean_loss"  # mean_loss (average per-teacher KD losses) | mean_target (average teacher targets)
+    ensemble: str = "mean_target"  # mean_target (distil towards the teachers' averaged predictions, weighted by
+    # gor.teachers[].weight) | mean_loss (average the per-teacher KD losses); docs/gor.md, Results
     val_kd: bool = True  # also run the teachers on validation batches to log val/kd_*; false saves a teacher forward
     # per val image (COCO val2017: 5000 images) and logs val/kd_* as 0
 
@@ -84,10 +85,11 @@ class BalanceCfg:
     # fine-tuning lr (1e-4..1e-3) would not allow; their scale is independent of the network's: own lr.
     grad_every: int = 4  # gor_grad, gor_lookahead: measure the two gradients every N training steps (each costs two
     # backward passes through the head, roughly half a QAT step on CPU); the last measurement is used in between
-    transfer: str = "split"  # gor_lookahead: where a step's transfer to another batch's task loss is measured. split:
-    # between the two halves of the same batch, at the same weights (the one-step lookahead as written; four backward
-    # passes through the head per measurement); next: from one measurement's batch to the next one's, grad_every
-    # optimizer steps later (two backward passes; the steps in between enter the measurement)
+    transfer: str = "next"  # gor_lookahead: where a step's transfer to another batch's task loss is measured. next:
+    # from one measurement's batch to the next one's, grad_every optimizer steps later (two backward passes through the
+    # head region; the steps in between enter the measurement); split: between the two halves of the same batch, at
+    # the same weights (the one-step lookahead as written; four backward passes: ~4x the measuring cost, same mAP on
+    # the benchmark, docs/gor.md)
 
 
 @dataclass
@@ -147,9 +149,9 @@ class GorCfg:
 
 CHOICES = {
     "distill.feat_loss": ("cwd", "mse"),
-    "distill.ensemble": ("mean_loss", "mean_target"),
+    "distill.ensemble": ("mean_target", "mean_loss"),
     "balance.method": ("fixed", "gor", "gor_norm", "gor_grad", "gor_lookahead", "none"),
-    "balance.transfer": ("split", "next"),
+    "balance.transfer": ("next", "split"),
     "quant.calib": ("minmax", "percentile", "mse"),
 }
 

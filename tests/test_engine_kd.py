@@ -247,6 +247,21 @@ def kd_student(names, teacher_pt, gor):
     return student, batch
 
 
+def test_criterion_hands_teacher_weights_to_the_distiller(tiny_data, teacher_pt):
+    """gor.teachers[i].weight reaches the Distiller, in the teachers' order (the shares of every mean over teachers)."""
+    import yaml
+
+    names = yaml.safe_load(open(tiny_data))["names"]
+    gor = parse_gor({"teachers": [{"model": teacher_pt, "weight": 3}, teacher_pt], "balance": {"method": "fixed"}})
+    student, batch = kd_student(names, teacher_pt, gor)
+    crit, seen = student.criterion, []
+    distiller = crit.distiller
+    crit.distiller = lambda s, t, ad, w=None: seen.append(w) or distiller(s, t, ad, w)
+    student.train()
+    student(batch)
+    assert seen == [[3.0, 1.0]]
+
+
 def test_val_kd_switch_skips_teachers_in_validation(tiny_data, teacher_pt, monkeypatch):
     """distill.val_kd=false: no teacher forward under no_grad (Ultralytics' validator), val/kd_* logged as 0; training
     batches still distil; val_kd=true runs the teachers in validation too."""
@@ -338,13 +353,13 @@ def test_gor_grad_measures_gradient_norms_on_head_inputs(tiny_data, teacher_pt, 
 
 
 def test_gor_lookahead_measures_transfer_on_head_parameters(tiny_data, teacher_pt):
-    """gor_lookahead, transfer: next: the criterion hands the balancer the norms of the task and KD gradients on the parameters of the
+    """gor_lookahead, transfer: next (the default): the criterion hands the balancer the norms of the task and KD gradients on the parameters of the
     layers feeding the Detect head and of the head (checked against autograd), and from the second measurement on the
     transfer of the previous gradients to this batch's task gradient (in params.xfer_bits) and their ratio."""
     from gor_det.engine.criterion import lookahead_parameters
 
-    student, batch, seen = spied_kd_student(tiny_data, teacher_pt,
-                                            {"method": "gor_lookahead", "grad_every": 1, "transfer": "next"})
+    student, batch, seen = spied_kd_student(tiny_data, teacher_pt, {"method": "gor_lookahead", "grad_every": 1})
+    assert student.criterion.cfg.balance.transfer == "next"  # the default
     crit = student.criterion
     params = [p for p in lookahead_parameters(student) if p.requires_grad]
     head = student.model[-1]
@@ -395,14 +410,14 @@ def test_batch_rows_select_rows_give_the_half_batch_loss(tiny_data, teacher_pt):
 
 
 def test_gor_lookahead_split_transfer_between_batch_halves(tiny_data, teacher_pt):
-    """gor_lookahead, transfer: split (the default): the transfers between the two halves of the batch at the same
-    weights, both directions averaged, and the norms of the halves' mean gradients (checked against autograd)."""
+    """gor_lookahead, transfer: split: the transfers between the two halves of the batch at the same weights, both
+    directions averaged, and the norms of the halves' mean gradients (checked against autograd)."""
     from gor_det.distill import head_outputs
     from gor_det.engine.criterion import batch_rows, lookahead_parameters, select_rows
 
-    student, batch, seen = spied_kd_student(tiny_data, teacher_pt, {"method": "gor_lookahead", "grad_every": 1})
+    student, batch, seen = spied_kd_student(tiny_data, teacher_pt,
+                                            {"method": "gor_lookahead", "grad_every": 1, "transfer": "split"})
     crit = student.criterion
-    assert crit.cfg.balance.transfer == "split"
     params = [p for p in lookahead_parameters(student) if p.requires_grad]
     student.train()
     preds = student(batch["img"])  # train-mode BN: the outputs of the criterion's own forward on this batch
