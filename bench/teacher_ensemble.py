@@ -18,7 +18,9 @@ All teachers must share the student's input size and strides (the same anchors),
 
 ``--data-seed K`` scores on a freshly generated split of the benchmark preset (seed K: images the teachers never
 saw and the benchmark's val split does not contain), so choosing a fusion rule here does not look at the val set
-the student rows are scored on. Prints a markdown table with the command, machine and date.
+the student rows are scored on. With real data, ``--data coco.yaml --ann instances_val2017.json`` (best: images that
+neither the teachers trained on nor the student will be judged on). Prints a markdown table with the command,
+machine and date.
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from gor_det.config import ConfigError  # noqa: E402
 from gor_det.data.synthetic import make_synthetic  # noqa: E402
 from gor_det.engine.evaluate import coco_json_of, load_model, train_imgsz  # noqa: E402
 from gor_det.eval import evaluate_backend  # noqa: E402
@@ -84,6 +87,8 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--teachers", nargs="+", required=True, help="teacher .pt checkpoints (same classes, same strides)")
     ap.add_argument("--data", default=None, help="a dataset yaml with coco_json (default: a fresh bench split)")
+    ap.add_argument("--ann", default=None, help="COCO annotation json of --data's val split (default: the yaml's "
+                    "coco_json, as gor_det's synthetic sets have)")
     ap.add_argument("--data-seed", type=int, default=1, help="seed of the generated split when --data is not given")
     ap.add_argument("--n-val", type=int, default=300, help="images of the generated split")
     ap.add_argument("--static", nargs="*", type=float, default=[], help="first teacher's weight(s) for 'static' rows")
@@ -92,8 +97,13 @@ def main(argv=None) -> int:
     torch.set_num_threads(args.threads)
 
     data = args.data if args.data is not None else fresh_split(args.data_seed, args.n_val)
-    ann = coco_json_of(data)
-    models = [load_model(p) for p in args.teachers]
+    ann = args.ann or coco_json_of(data)
+    if ann is None or not Path(ann).is_file():
+        raise SystemExit(f"error: no COCO annotation json for {data}: pass --ann (e.g. instances_val2017.json)")
+    try:
+        models = [load_model(p) for p in args.teachers]
+    except ConfigError as e:  # a missing or unloadable teacher: one line, not a stack trace
+        raise SystemExit(f"error: {e}") from None
     imgsz = train_imgsz(models[0])
     names = models[0].names
     rows = []

@@ -138,3 +138,22 @@ def test_schedule_starts_rows_whose_inputs_are_trained():
         sched([("kd", 0)], set(), done, done)
     # one free slot: fp seed 1, which ft seed 1 waits for, goes before ft seed 0 (queued first, awaited by nothing)
     assert sched([("ft", 0), fp1, ("ft", 1)], set(), done, done, n=1) == [fp1]
+
+
+def test_teacher_ensemble_fusion_rules():
+    """bench/teacher_ensemble.py's per-anchor fusion of decoded outputs (B, 4 + nc, A): mean, confidence-weighted,
+    fixed shares (exact on hand values)."""
+    import torch
+
+    spec = importlib.util.spec_from_file_location(
+        "teacher_ensemble", Path(__file__).resolve().parents[1] / "bench/teacher_ensemble.py")
+    te = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(te)
+    # one image, 4 box rows + 2 classes, 2 anchors
+    a = torch.tensor([[[10.0, 20.0], [10.0, 20.0], [4.0, 4.0], [4.0, 4.0], [0.9, 0.1], [0.0, 0.2]]])
+    b = torch.tensor([[[14.0, 20.0], [10.0, 24.0], [4.0, 8.0], [4.0, 4.0], [0.3, 0.1], [0.1, 0.6]]])
+    torch.testing.assert_close(te.fuse([a, b], "mean"), (a + b) / 2)
+    # confidences: anchor 0: 0.9 vs 0.3 -> shares 0.75 / 0.25; anchor 1: 0.2 vs 0.6 -> 0.25 / 0.75
+    w_a = torch.tensor([0.75, 0.25])
+    torch.testing.assert_close(te.fuse([a, b], "conf"), w_a * a + (1 - w_a) * b)
+    torch.testing.assert_close(te.fuse([a, b], "static", [3.0, 1.0]), 0.75 * a + 0.25 * b)
