@@ -32,9 +32,10 @@ DOCS = {
     "docs/quantization.md": ["fp_v8n", "fp_v8n_ft", "ptq_w8a8", "qat_w8a8", "ul_quantize8", "qat_w4a8", "ptq_w4a4",
                              "qat_w4a4"],
     "docs/gor.md": ["teacher_v8s", "teacher_v11s", "fp_v8n_ft", "qat_w8a8", "kd_fixed0.2_w8a8", "kd_fixed0.5_w8a8",
-                    "kd_fixed1_w8a8", "kd_fixed2_w8a8", "kd_fixed8_w8a8", "kd_gor_w8a8", "kd_gorgrad_w8a8", "kd_gorlook_w8a8",
-                    "kd_gorlooksplit_w8a8", "ekd_gorgrad_w8a8", "ekd_gorgrad_mt_w8a8", "ekd_gorgrad_mtw_w8a8",
-                    "ul_distill_q8", "ul_distill_fp", "kd_gorgrad_fp", "qat_w4a4", "kd_fixed2_w4a4", "kd_gorgrad_w4a4"],
+                    "kd_fixed1_w8a8", "kd_fixed2_w8a8", "kd_fixed8_w8a8", "kd_gor_w8a8", "kd_gorgrad_w8a8",
+                    "kd_gorlook_w8a8", "kd_gorlooksplit_w8a8", "ekd_gorgrad_w8a8", "ekd_gorgrad_mt_w8a8",
+                    "ekd_gorgrad_mtw_w8a8", "ekd_fixed0.5_mtw_w8a8", "ul_distill_q8", "ul_distill_fp", "kd_gorgrad_fp",
+                    "qat_w4a4", "kd_fixed2_w4a4", "kd_gorgrad_w4a4"],
 }
 
 
@@ -128,6 +129,9 @@ def targets(doc: str, rows: list[dict]) -> list[tuple[str, str, str, float]]:
             ("EKD-GoR, averaged targets >= averaged losses", "ekd_gorgrad_mt_w8a8", "ekd_gorgrad_w8a8", 0.0),
             ("EKD-GoR, targets averaged 3:1, >= single-teacher GoR", "ekd_gorgrad_mtw_w8a8", "kd_gorgrad_w8a8", 0.0),
             ("EKD-GoR, targets averaged 3:1 >= averaged 1:1", "ekd_gorgrad_mtw_w8a8", "ekd_gorgrad_mt_w8a8", 0.0),
+            ("EKD 3:1 at fixed w_kd 0.5 >= one teacher at fixed w_kd 0.5", "ekd_fixed0.5_mtw_w8a8", "kd_fixed0.5_w8a8",
+             0.0),
+            ("EKD 3:1 at fixed w_kd 0.5 >= EKD 3:1 with GoR", "ekd_fixed0.5_mtw_w8a8", "ekd_gorgrad_mtw_w8a8", 0.0),
             ("GoR >= Ultralytics KD + 1 (FP)", "kd_gorgrad_fp", "ul_distill_fp", 1.0),
             ("GoR >= Ultralytics KD + 1 (W8A8)", "kd_gorgrad_w8a8", "ul_distill_q8", 1.0),
             ("W4A4: GoR >= fixed weight 2", "kd_gorgrad_w4a4", "kd_fixed2_w4a4", 0.0)]
