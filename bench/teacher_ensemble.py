@@ -40,6 +40,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from gor_det.config import ConfigError  # noqa: E402
 from gor_det.data.synthetic import make_synthetic  # noqa: E402
+from gor_det.distill import ensemble_weights  # noqa: E402
 from gor_det.engine.evaluate import coco_json_of, load_model, train_imgsz  # noqa: E402
 from gor_det.eval import evaluate_backend  # noqa: E402
 
@@ -63,8 +64,7 @@ def fuse(decoded: list[torch.Tensor], rule: str, static: list[float] | None = No
         c = y[:, :, 4:].amax(2, keepdim=True)  # (T, B, 1, A)
         w = c / c.sum(0, keepdim=True).clamp_min(1e-12)
     elif rule == "static":
-        w = torch.tensor(static, dtype=y.dtype).view(-1, 1, 1, 1)
-        w = w / w.sum()
+        w = torch.tensor(ensemble_weights(len(decoded), static), dtype=y.dtype).view(-1, 1, 1, 1)
     else:
         raise ValueError(rule)
     return (w * y).sum(0)

@@ -77,8 +77,8 @@ def _log_mean_exp(logs: list[torch.Tensor], weights: list[float]) -> torch.Tenso
     probabilities, stable."""
     if len(logs) == 1:
         return logs[0]
-    log_w = torch.tensor(weights, dtype=logs[0].dtype, device=logs[0].device).log()
-    return torch.logsumexp(torch.stack(logs, 0) + log_w.view(-1, *[1] * logs[0].ndim), 0)
+    # the log-weights enter as Python scalars: no host-to-device copy per call in the training step
+    return torch.logsumexp(torch.stack([x + math.log(w) for x, w in zip(logs, weights)], 0), 0)
 
 
 def weighted_mean(per: torch.Tensor, weight: torch.Tensor | None = None) -> torch.Tensor:

@@ -53,6 +53,7 @@ class KDCriterion:
         self.cfg = cfg
         self.reg_max = int(reg_max)
         self.t_reg_max = teachers.reg_max()
+        self.teacher_weights = [c.weight for c in teachers.cfgs]  # gor.teachers[i].weight: shares in the ensemble
         self.distiller = Distiller(cfg.distill)
         self.balancer = make_balancer(cfg.balance, kd["gor"] if "gor" in kd else None)
         form = self.balancer.form if isinstance(self.balancer, GoRBalancer) else None
@@ -76,7 +77,7 @@ class KDCriterion:
         return head_outputs(preds, self.reg_max), [head_outputs(y, r) for y, r in zip(self.teachers(img), self.t_reg_max)]
 
     def _distill(self, student: HeadOutputs, t_outs: list[HeadOutputs]) -> dict[str, torch.Tensor]:
-        return self.distiller(student, t_outs, self.kd["adapters"], [c.weight for c in self.teachers.cfgs])
+        return self.distiller(student, t_outs, self.kd["adapters"], self.teacher_weights)
 
     def _measure(self, task, l_kd, preds, batch, student, t_outs) -> dict[str, torch.Tensor]:
         """What the gradient forms balance on: ``gor_grad``, the two losses' gradient norms on the Detect-head inputs
