@@ -85,7 +85,7 @@ def main():
         b["img"] = b["img"].float() / 255
         preds = student(b["img"])
         task = crit.base(preds, b)[0].sum() / b["img"].shape[0]
-        s_out, kd = crit.kd_terms(preds, b["img"])
+        s_out, kd = crit.kd_terms(preds, b)
         feats = s_out.feats
         g_t, g_k = flat_gradient(task, feats), flat_gradient(kd["kd"], feats)
         cos = float(g_t @ g_k / (g_t.norm() * g_k.norm()))

@@ -61,7 +61,8 @@ class DistillCfg:
     box_T: float = 1.0
     conf_weight: bool = True  # weight head KD per anchor by teacher confidence (max class prob)
     ensemble: str = "mean_target"  # mean_target (distil towards the teachers' averaged predictions, weighted by
-    # gor.teachers[].weight) | mean_loss (average the per-teacher KD losses); docs/gor.md, Results
+    # gor.teachers[].weight) | mean_loss (average the per-teacher KD losses) | gt_weighted (mean_target with each
+    # teacher's share scaled per anchor by its agreement with the labels); docs/gor.md, Results
     val_kd: bool = True  # also run the teachers on validation batches to log val/kd_*; false saves a teacher forward
     # per val image (COCO val2017: 5000 images) and logs val/kd_* as 0
 
@@ -149,7 +150,7 @@ class GorCfg:
 
 CHOICES = {
     "distill.feat_loss": ("cwd", "mse"),
-    "distill.ensemble": ("mean_target", "mean_loss"),
+    "distill.ensemble": ("mean_target", "mean_loss", "gt_weighted"),
     "balance.method": ("fixed", "gor", "gor_norm", "gor_grad", "gor_lookahead", "none"),
     "balance.transfer": ("next", "split"),
     "quant.calib": ("minmax", "percentile", "mse"),

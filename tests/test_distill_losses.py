@@ -233,3 +233,33 @@ def test_ensemble_weights():
     for bad in ([1, 0], [1, -1], [1, float("nan")]):
         with pytest.raises(ValueError, match="positive finite"):
             ensemble_weights(2, bad)
+
+
+def test_per_anchor_shares():
+    """teacher_weights as a tensor (n, B, A): each anchor's ensemble target is weighted by its own shares. Constant
+    shares are the scalar ones; one-hot shares pick one teacher's prediction per anchor (exact splice references)."""
+    T = 2.0
+    s, t, t2 = (_g(B, NC, A, scale=3, seed=k) for k in (0, 1, 4))
+    sb, tb, tb2 = (_g(B, 4 * R, A, scale=2, seed=k) for k in (0, 1, 5))
+    w = torch.rand(B, A, generator=torch.Generator().manual_seed(3))
+    const = torch.stack([torch.full((B, A), 0.75), torch.full((B, A), 0.25)])
+    for fn, args in ((cls_kd_loss, (s, [t, t2], T, w)), (dfl_kd_loss, (sb, [tb, tb2], R, 1.0, w))):
+        assert float(fn(*args, teacher_weights=const)) == pytest.approx(float(fn(*args, teacher_weights=[3, 1])),
+                                                                        rel=1e-6)
+    torch.testing.assert_close(ltrb_kd_loss(sb, R, [tb, tb2], R, w, teacher_weights=const),
+                               ltrb_kd_loss(sb, R, [tb, tb2], R, w, teacher_weights=[3, 1]))
+    torch.testing.assert_close(teacher_confidence([t, t2], const), teacher_confidence([t, t2], [3, 1]))
+
+    pick = torch.rand(B, A, generator=torch.Generator().manual_seed(7)) > 0.5  # True: teacher 0 at that anchor
+    one_hot = torch.stack([pick.float(), (~pick).float()])
+    splice = lambda x0, x1: torch.where(pick.unsqueeze(1), x0, x1)  # noqa: E731  (B, ., A)
+    assert float(cls_kd_loss(s, [t, t2], T, w, teacher_weights=one_hot)) == pytest.approx(
+        ref_cls(s, splice(t, t2), T, w), rel=1e-5)
+    assert float(dfl_kd_loss(sb, [tb, tb2], R, 1.0, w, teacher_weights=one_hot)) == pytest.approx(
+        float(dfl_kd_loss(sb, splice(tb, tb2), R, 1.0, w)), rel=1e-5)
+    t1 = _g(B, 4, A, seed=2).abs() * 4
+    ref = (DFLref(sb) - splice(DFLref(tb), t1.double())).abs().mean()
+    assert float(ltrb_kd_loss(sb, R, [tb, t1], [R, 1], teacher_weights=one_hot)) == pytest.approx(float(ref), rel=1e-5)
+    torch.testing.assert_close(teacher_confidence([t, t2], one_hot), teacher_confidence(splice(t, t2)))
+    with pytest.raises(ValueError, match=r"per-anchor teacher shares \(3, 2, 21\) are not \(2, B, A\)"):
+        cls_kd_loss(s, [t, t2], T, teacher_weights=torch.ones(3, B, A) / 3)

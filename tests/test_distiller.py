@@ -11,6 +11,8 @@ from gor_det.config import DistillCfg
 from gor_det.distill import (
     KD_KEYS,
     Distiller,
+    GroundTruth,
+    agreement_shares,
     build_adapters,
     cls_kd_loss,
     cwd_loss,
@@ -137,6 +139,32 @@ def test_mean_target_same_reg_max_uses_mean_bins(nets):
     b = Distiller(DistillCfg(ensemble="mean_loss"))(s, [t0], ad)
     for k in KD_KEYS:
         torch.testing.assert_close(a[k], b[k])
+
+
+def test_gt_weighted_is_mean_target_with_per_anchor_agreement_shares(nets):
+    """ensemble: gt_weighted: the head losses are mean_target's with the per-anchor shares of agreement_shares (the
+    teachers' fixed shares scaled by their agreement with the labels); feature KD keeps the fixed shares."""
+    s, ts = _run(nets)
+    adapters = build_adapters(s.channels, [t.channels for t in ts])
+    gt = GroundTruth(torch.tensor([0, 1]), torch.tensor([3, 7]), torch.tensor([[4.0, 6.0, 40.0, 50.0], [20, 20, 60, 44]]),
+                     (IMGSZ, IMGSZ))
+    cfg = DistillCfg(feat=0.5, cls=2.0, box=3.0, ensemble="gt_weighted")
+    out = Distiller(cfg)(s, ts, adapters, teacher_weights=[3.0, 1.0], gt=gt)
+    mt = Distiller(dataclasses.replace(cfg, ensemble="mean_target"))(s, ts, adapters, teacher_weights=[3.0, 1.0])
+    torch.testing.assert_close(out["kd_feat"], mt["kd_feat"])
+    w = agreement_shares(ts, gt, [3.0, 1.0])
+    assert not torch.allclose(w[0], torch.full_like(w[0], 0.75))  # the agreement moves the shares
+    wm = teacher_confidence([t.scores for t in ts], w)
+    torch.testing.assert_close(out["kd_cls"], 2.0 * cls_kd_loss(s.scores, [t.scores for t in ts], 2.0, wm,
+                                                                teacher_weights=w))
+    torch.testing.assert_close(out["kd_box"], 3.0 * ltrb_kd_loss(s.boxes, 16, [t.boxes for t in ts], [16, 1], wm,
+                                                                 teacher_weights=w))
+    with pytest.raises(ValueError, match="gt_weighted needs the batch's ground truth"):
+        Distiller(cfg)(s, ts, adapters)
+    one = Distiller(cfg)(s, ts[:1], adapters[:1])  # one teacher: nothing to weigh, no labels needed
+    ref = Distiller(dataclasses.replace(cfg, ensemble="mean_loss"))(s, ts[:1], adapters[:1])
+    for k in KD_KEYS:
+        torch.testing.assert_close(one[k], ref[k])
 
 
 @pytest.mark.parametrize("feat_loss", ["cwd", "mse"])

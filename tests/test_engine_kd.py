@@ -1,8 +1,10 @@
 """The trainer with teachers + GoR, and with QAT: real Ultralytics training on the tiny synthetic set."""
 
+import math
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import pytest
 import torch
@@ -256,10 +258,39 @@ def test_criterion_hands_teacher_weights_to_the_distiller(tiny_data, teacher_pt)
     student, batch = kd_student(names, teacher_pt, gor)
     crit, seen = student.criterion, []
     distiller = crit.distiller
-    crit.distiller = lambda s, t, ad, w=None: seen.append(w) or distiller(s, t, ad, w)
+    crit.distiller = lambda s, t, ad, w=None, gt=None: seen.append((w, gt)) or distiller(s, t, ad, w, gt)
     student.train()
     student(batch)
-    assert seen == [[3.0, 1.0]]
+    assert seen == [([3.0, 1.0], None)]
+
+
+def test_criterion_hands_the_labels_to_gt_weighted(tiny_data, teacher_pt):
+    """distill.ensemble: gt_weighted: the criterion gives the Distiller the batch's labels in pixels (what the
+    per-anchor shares do to the head terms: test_distiller; random-init teachers predict near-uniform bins)."""
+    import yaml
+
+    names = yaml.safe_load(open(tiny_data))["names"]
+    teachers = [teacher_pt, save_teacher(Path(teacher_pt).with_name("t2.pt"), nc=len(names), names=names,
+                                         cfg="yolo11n.yaml")]
+    out = {}
+    for ens in ("gt_weighted", "mean_target"):
+        gor = parse_gor({"teachers": teachers, "distill": {"ensemble": ens}, "balance": {"method": "fixed"}})
+        torch.manual_seed(0)
+        student, batch = kd_student(names, teacher_pt, gor)
+        crit, seen = student.criterion, []
+        distiller = crit.distiller
+        crit.distiller = lambda s, t, ad, w=None, gt=None, seen=seen, d=distiller: seen.append(gt) or d(s, t, ad, w, gt)
+        student.train()
+        out[ens] = student(batch)[1]
+        if ens == "gt_weighted":
+            gt = seen[0]
+            assert gt.img_hw == (64, 64) and gt.batch_idx.tolist() == [0, 1] and gt.cls.tolist() == [0, 1]
+            torch.testing.assert_close(gt.boxes, torch.tensor([[22.4, 22.4, 41.6, 41.6], [19.2, 19.2, 32.0, 32.0]]))
+        else:
+            assert seen == [None]
+    a, b = ({k: float(v) for k, v in out[e].items()} for e in ("gt_weighted", "mean_target"))
+    assert a["kd_feat"] == pytest.approx(b["kd_feat"]) and a["box_loss"] == pytest.approx(b["box_loss"])
+    assert all(math.isfinite(a[k]) and a[k] > 0 for k in ("kd_cls", "kd_box"))
 
 
 def test_val_kd_switch_skips_teachers_in_validation(tiny_data, teacher_pt, monkeypatch):
@@ -310,7 +341,7 @@ def losses_again(student, batch):
     crit = student.criterion
     preds = student(batch["img"])
     task = crit.base(preds, batch)[0].sum() / batch["img"].shape[0]
-    s_out, kd = crit.kd_terms(preds, batch["img"])
+    s_out, kd = crit.kd_terms(preds, batch)
     return task, kd, s_out.feats
 
 

@@ -6,8 +6,9 @@ according to ``gor.distill``).
 """
 
 from .adapters import build_adapters, init_adapter
+from .agreement import GroundTruth, agreement_shares
 from .capture import FeatureCapture, HeadOutputs, head_outputs
-from .distiller import KD_KEYS, Distiller, anchor_weight_to_levels
+from .distiller import ENSEMBLES, KD_KEYS, Distiller, anchor_weight_to_levels
 from .losses import (
     cls_kd_loss,
     cwd_loss,
@@ -21,9 +22,12 @@ from .losses import (
 )
 
 __all__ = [
+    "ENSEMBLES",
     "KD_KEYS",
     "Distiller",
     "FeatureCapture",
+    "GroundTruth",
+    "agreement_shares",
     "HeadOutputs",
     "anchor_weight_to_levels",
     "build_adapters",

@@ -15,7 +15,9 @@ For a student and one or more frozen teachers (all :class:`HeadOutputs` of the s
   averaged teacher prediction (mean Bernoulli probabilities for classes; mean bin distributions for boxes when all
   ``reg_max`` agree with the student's, else mean decoded distances), weighted by the averaged prediction's
   confidence. Every mean over teachers (feature losses included) is weighted by the teachers' shares ``w_i``
-  (``gor.teachers[i].weight`` normalised to sum 1; equal by default).
+  (``gor.teachers[i].weight`` normalised to sum 1; equal by default). ``gt_weighted`` is ``mean_target`` with
+  per-anchor shares in the head losses: each teacher's share at an anchor is scaled by its agreement with the ground
+  truth there (:mod:`.agreement`; needs the batch's labels, ``gt``); feature KD keeps the fixed shares.
 * ``kd = kd_feat + kd_cls + kd_box``. A term whose weight is 0 is not computed and is reported as a float32 zero, so
   the keys never change (Ultralytics fixes its loss names on the first batch).
 """
@@ -29,6 +31,7 @@ from torch import nn
 
 from gor_det.config import DistillCfg
 
+from .agreement import GroundTruth, agreement_shares
 from .capture import HeadOutputs
 from .losses import (
     cls_kd_loss,
@@ -40,9 +43,10 @@ from .losses import (
     teacher_confidence,
 )
 
-__all__ = ["KD_KEYS", "Distiller", "anchor_weight_to_levels"]
+__all__ = ["ENSEMBLES", "KD_KEYS", "Distiller", "anchor_weight_to_levels"]
 
 KD_KEYS = ("kd_feat", "kd_cls", "kd_box", "kd")
+ENSEMBLES = ("mean_target", "mean_loss", "gt_weighted")
 
 
 def anchor_weight_to_levels(weight: torch.Tensor, level_sizes: Sequence[tuple[int, int]]) -> list[torch.Tensor]:
@@ -69,8 +73,8 @@ class Distiller:
         self.cfg = cfg if cfg is not None else DistillCfg()
         if self.cfg.feat_loss not in ("cwd", "mse"):
             raise ValueError(f"distill.feat_loss={self.cfg.feat_loss!r} is not one of cwd, mse")
-        if self.cfg.ensemble not in ("mean_loss", "mean_target"):
-            raise ValueError(f"distill.ensemble={self.cfg.ensemble!r} is not one of mean_loss, mean_target")
+        if self.cfg.ensemble not in ENSEMBLES:
+            raise ValueError(f"distill.ensemble={self.cfg.ensemble!r} is not one of {', '.join(ENSEMBLES)}")
 
     # ----------------------------------------------------------------------------------------------------------------
     def check(self, student: HeadOutputs, teachers: Sequence[HeadOutputs], adapters: nn.ModuleList | None) -> None:
@@ -141,6 +145,7 @@ class Distiller:
         teachers: Sequence[HeadOutputs],
         adapters: nn.ModuleList | None,
         teacher_weights: Sequence[float] | None = None,
+        gt: GroundTruth | None = None,
     ) -> dict[str, torch.Tensor]:
         """KD terms for one batch.
 
@@ -151,6 +156,7 @@ class Distiller:
             adapters: ``adapters[teacher][level]`` from :func:`build_adapters` (may be None when ``cfg.feat == 0``).
             teacher_weights: one positive weight per teacher (``gor.teachers[i].weight``), normalised to the shares
                 of every mean over teachers; None: equal shares.
+            gt: the batch's labels; needed by ``ensemble: gt_weighted`` with several teachers (ignored otherwise).
 
         Returns:
             ``{"kd_feat", "kd_cls", "kd_box", "kd"}``: float32 scalars, each multiplied by its weight.
@@ -170,14 +176,19 @@ class Distiller:
             out["kd_feat"] = cfg.feat * mean_over_teachers(per_t)
 
         if cfg.cls or cfg.box:
-            if cfg.ensemble == "mean_target" and len(teachers) > 1:
+            if cfg.ensemble in ("mean_target", "gt_weighted") and len(teachers) > 1:
                 t_scores = [t.scores for t in teachers]
-                weight = self._weight(t_scores, shares)
+                head_shares = shares
+                if cfg.ensemble == "gt_weighted":
+                    if gt is None:
+                        raise ValueError("distill.ensemble=gt_weighted needs the batch's ground truth (gt=...)")
+                    head_shares = agreement_shares(teachers, gt, shares)  # (n, B, A)
+                weight = self._weight(t_scores, head_shares)
                 if cfg.cls:
                     out["kd_cls"] = cfg.cls * cls_kd_loss(student.scores, t_scores, T=cfg.cls_T, weight=weight,
-                                                          teacher_weights=shares)
+                                                          teacher_weights=head_shares)
                 if cfg.box:
-                    out["kd_box"] = cfg.box * self.box_loss(student, teachers, weight, shares)
+                    out["kd_box"] = cfg.box * self.box_loss(student, teachers, weight, head_shares)
             else:  # mean_loss (or a single teacher, where both modes agree)
                 cls_l, box_l = [], []
                 for t in teachers:

@@ -15,7 +15,8 @@ Conventions shared by all losses:
 * **Ensembles**: ``cls_kd_loss``, ``dfl_kd_loss`` and ``ltrb_kd_loss`` accept a list of teacher tensors instead of one
   tensor; the target is then the teachers' *mean distribution* (mean Bernoulli probability per class, mean bin
   distribution per side, mean decoded distance), computed in log space (log-mean-exp) for stability. With
-  ``teacher_weights`` (one positive number per teacher, normalised to sum 1) the mean is the weighted one.
+  ``teacher_weights`` (one positive number per teacher, normalised to sum 1) the mean is the weighted one; a tensor
+  ``(n, B, A)`` of per-anchor shares (summing to 1 over the teachers) weights each anchor's mean on its own.
 
 Layouts are Ultralytics 8.4's (see :mod:`gor_det.distill.capture`): class logits ``(B, nc, A)``, box logits
 ``(B, 4 * reg_max, A)`` viewed as ``(B, 4, reg_max, A)``.
@@ -72,13 +73,41 @@ def ensemble_weights(n: int, teacher_weights: Sequence[float] | None = None) -> 
     return [x / total for x in w]
 
 
-def _log_mean_exp(logs: list[torch.Tensor], weights: list[float]) -> torch.Tensor:
-    """``log(sum_i weights[i] * exp(logs[i]))`` (weights sum to 1), elementwise: the log of a (weighted) mean of
-    probabilities, stable."""
+Shares = list[float] | list[torch.Tensor]
+
+
+def _shares(n: int, teacher_weights: Sequence[float] | torch.Tensor | None) -> Shares:
+    """The teachers' shares: :func:`ensemble_weights` of ``teacher_weights`` (one number per teacher), or, for a tensor
+    ``(n, B, A)`` of per-anchor shares (each anchor's column summing to 1, e.g. from
+    :func:`gor_det.distill.agreement.agreement_shares`), its ``n`` detached float32 ``(B, A)`` slices."""
+    if isinstance(teacher_weights, torch.Tensor):
+        if teacher_weights.ndim != 3 or teacher_weights.shape[0] != n:
+            raise ValueError(f"per-anchor teacher shares {tuple(teacher_weights.shape)} are not ({n}, B, A)")
+        return list(teacher_weights.detach().float())
+    return ensemble_weights(n, teacher_weights)
+
+
+def _bcast(w: float | torch.Tensor, x: torch.Tensor) -> float | torch.Tensor:
+    """A share ``w`` (a number, or ``(B, A)`` per anchor) shaped to broadcast against ``x`` ``(B, ..., A)``."""
+    if isinstance(w, torch.Tensor):
+        return w.view(w.shape[0], *([1] * (x.ndim - 2)), w.shape[1])
+    return w
+
+
+def _times(w: float | torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """``w * x`` for a share ``w`` (a number or per anchor, see :func:`_bcast`)."""
+    return _bcast(w, x) * x
+
+
+def _log_mean_exp(logs: list[torch.Tensor], weights: Shares) -> torch.Tensor:
+    """``log(sum_i weights[i] * exp(logs[i]))`` (weights sum to 1; numbers or per-anchor ``(B, A)`` tensors),
+    elementwise: the log of a (weighted) mean of probabilities, stable."""
     if len(logs) == 1:
         return logs[0]
-    # the log-weights enter as Python scalars: no host-to-device copy per call in the training step
-    return torch.logsumexp(torch.stack([x + math.log(w) for x, w in zip(logs, weights)], 0), 0)
+    # numbers enter as Python scalars: no host-to-device copy per call in the training step
+    terms = [x + (_bcast(w.clamp_min(1e-30).log(), x) if isinstance(w, torch.Tensor) else math.log(w))
+             for x, w in zip(logs, weights)]
+    return torch.logsumexp(torch.stack(terms, 0), 0)
 
 
 def weighted_mean(per: torch.Tensor, weight: torch.Tensor | None = None) -> torch.Tensor:
@@ -146,7 +175,7 @@ def cls_kd_loss(
     t_logits: TensorOrList,
     T: float = 1.0,
     weight: torch.Tensor | None = None,
-    teacher_weights: Sequence[float] | None = None,
+    teacher_weights: Sequence[float] | torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Per-class binary KL at temperature ``T`` (YOLO classes are independent sigmoids, not a softmax).
 
@@ -167,7 +196,7 @@ def cls_kd_loss(
         teacher_weights: the teachers' shares in the mean (see :func:`ensemble_weights`); None: equal.
     """
     teachers = _as_list(t_logits)
-    tw = ensemble_weights(len(teachers), teacher_weights)
+    tw = _shares(len(teachers), teacher_weights)
     for t in teachers:
         _check_same("cls_kd_loss", s_logits, t)
     s = s_logits.float() / T
@@ -190,7 +219,7 @@ def dfl_kd_loss(
     reg_max: int,
     T: float = 1.0,
     weight: torch.Tensor | None = None,
-    teacher_weights: Sequence[float] | None = None,
+    teacher_weights: Sequence[float] | torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Localization distillation (Zheng et al., CVPR 2022): KL between the DFL bin distributions of each box side.
 
@@ -216,7 +245,7 @@ def dfl_kd_loss(
     if reg_max < 2:
         raise ValueError(f"dfl_kd_loss needs reg_max > 1 (got {reg_max}); use ltrb_kd_loss for raw ltrb heads")
     teachers = _as_list(t_box)
-    tw = ensemble_weights(len(teachers), teacher_weights)
+    tw = _shares(len(teachers), teacher_weights)
     _check_box("dfl_kd_loss student", s_box, reg_max)
     for t in teachers:
         _check_same("dfl_kd_loss", s_box, t)
@@ -249,7 +278,7 @@ def ltrb_kd_loss(
     t_box: TensorOrList,
     t_reg_max: int | Sequence[int],
     weight: torch.Tensor | None = None,
-    teacher_weights: Sequence[float] | None = None,
+    teacher_weights: Sequence[float] | torch.Tensor | None = None,
 ) -> torch.Tensor:
     """L1 between decoded ltrb distances, for heads whose ``reg_max`` differ (e.g. a YOLO26 teacher, reg_max=1).
 
@@ -277,20 +306,20 @@ def ltrb_kd_loss(
     d_t = [decode_ltrb(t.detach(), r) for t, r in zip(teachers, t_regs)]
     for d in d_t:
         _check_same("ltrb_kd_loss (decoded)", d_s, d)
-    tw = ensemble_weights(len(d_t), teacher_weights)
-    target = d_t[0] if len(d_t) == 1 else sum(w * d for w, d in zip(tw, d_t))
+    tw = _shares(len(d_t), teacher_weights)
+    target = d_t[0] if len(d_t) == 1 else sum(_times(w, d) for w, d in zip(tw, d_t))
     if int(s_reg_max) > 1:
         target = target.clamp(0.0, float(int(s_reg_max) - 1))
     per = (d_s - target).abs().mean(1)  # (B, A)
     return weighted_mean(per, weight)
 
 
-def teacher_confidence(t_scores: TensorOrList, teacher_weights: Sequence[float] | None = None) -> torch.Tensor:
+def teacher_confidence(t_scores: TensorOrList, teacher_weights: Sequence[float] | torch.Tensor | None = None) -> torch.Tensor:
     """Per-anchor teacher confidence ``(B, A)``: the max class probability ``max_c sigmoid(t[b, c, a])`` (float32,
     detached). For a list of teachers: ``max_c sum_i w_i sigmoid(t_i)`` (the confidence of the averaged prediction;
     ``w`` from :func:`ensemble_weights`, equal by default)."""
     teachers = [t.detach().float() for t in _as_list(t_scores)]
     if len(teachers) == 1:
         return teachers[0].amax(1).sigmoid()
-    tw = ensemble_weights(len(teachers), teacher_weights)
-    return sum(w * t.sigmoid() for w, t in zip(tw, teachers)).amax(1)
+    tw = _shares(len(teachers), teacher_weights)
+    return sum(_times(w, t.sigmoid()) for w, t in zip(tw, teachers)).amax(1)

@@ -26,7 +26,7 @@ from gor_det.balance import (
     restore_from_bits,
 )
 from gor_det.config import BalanceCfg, GorCfg
-from gor_det.distill import Distiller, HeadOutputs, build_adapters, head_outputs
+from gor_det.distill import Distiller, GroundTruth, HeadOutputs, build_adapters, head_outputs
 from gor_det.engine.teachers import TeacherSet
 
 KD_KEYS = ("kd_feat", "kd_cls", "kd_box")
@@ -66,18 +66,19 @@ class KDCriterion:
         if hasattr(self.base, "update"):
             self.base.update()
 
-    def kd_terms(self, preds, img: torch.Tensor) -> tuple[HeadOutputs, dict[str, torch.Tensor]]:
-        """The student's head outputs in ``preds`` and its KD terms against the teachers run on ``img``:
+    def kd_terms(self, preds, batch: dict) -> tuple[HeadOutputs, dict[str, torch.Tensor]]:
+        """The student's head outputs in ``preds`` and its KD terms against the teachers run on ``batch["img"]``:
         ``{"kd_feat", "kd_cls", "kd_box", "kd"}`` (per image, weighted; ``kd`` is their sum, ``L_kd``)."""
-        student, t_outs = self._outputs(preds, img)
-        return student, self._distill(student, t_outs)
+        student, t_outs = self._outputs(preds, batch["img"])
+        return student, self._distill(student, t_outs, batch)
 
     def _outputs(self, preds, img: torch.Tensor) -> tuple[HeadOutputs, list[HeadOutputs]]:
         """The student's head outputs in ``preds`` and the teachers' on ``img``."""
         return head_outputs(preds, self.reg_max), [head_outputs(y, r) for y, r in zip(self.teachers(img), self.t_reg_max)]
 
-    def _distill(self, student: HeadOutputs, t_outs: list[HeadOutputs]) -> dict[str, torch.Tensor]:
-        return self.distiller(student, t_outs, self.kd["adapters"], self.teacher_weights)
+    def _distill(self, student: HeadOutputs, t_outs: list[HeadOutputs], batch: dict) -> dict[str, torch.Tensor]:
+        gt = GroundTruth.from_yolo_batch(batch) if self.cfg.distill.ensemble == "gt_weighted" else None
+        return self.distiller(student, t_outs, self.kd["adapters"], self.teacher_weights, gt)
 
     def _measure(self, task, l_kd, preds, batch, student, t_outs) -> dict[str, torch.Tensor]:
         """What the gradient forms balance on: ``gor_grad``, the two losses' gradient norms on the Detect-head inputs
@@ -102,7 +103,7 @@ class KDCriterion:
         for rows in (slice(0, bs // 2), slice(bs // 2, bs)):
             n = rows.stop - rows.start
             task_h = self.base(select_rows(preds, rows, bs), batch_rows(batch, rows))[0].sum() / n
-            kd_h = self._distill(student.select(rows), [t.select(rows) for t in t_outs])["kd"]
+            kd_h = self._distill(student.select(rows), [t.select(rows) for t in t_outs], batch_rows(batch, rows))["kd"]
             halves.append((flat_gradient(task_h, wrt), flat_gradient(kd_h, wrt)))
         return self.meter.measure_split(*halves)
 
@@ -113,7 +114,7 @@ class KDCriterion:
         task = det_loss.sum() / bs
         if torch.is_grad_enabled() or self.cfg.distill.val_kd:
             student, t_outs = self._outputs(preds, img)
-            kd = self._distill(student, t_outs)
+            kd = self._distill(student, t_outs, batch)
         else:  # Ultralytics' validator (no_grad) with distill.val_kd off: no teacher forward
             zero = task.new_zeros(())
             kd = {k: zero for k in (*KD_KEYS, "kd")}
