@@ -35,7 +35,8 @@ DOCS = {
                     "kd_fixed1_w8a8", "kd_fixed2_w8a8", "kd_fixed8_w8a8", "kd_gor_w8a8", "kd_gorgrad_w8a8",
                     "kd_gorlook_w8a8", "kd_gorlooksplit_w8a8", "ekd_gorgrad_w8a8", "ekd_gorgrad_mt_w8a8",
                     "ekd_gorgrad_mtw_w8a8", "ekd_fixed0.5_mtw_w8a8", "ul_distill_q8", "ul_distill_fp", "kd_gorgrad_fp",
-                    "qat_w4a4", "kd_fixed2_w4a4", "kd_gorgrad_w4a4"],
+                    "ekd_gorgrad_gtw_w8a8", "qat_w4a4", "kd_fixed0.5_w4a4", "kd_fixed1_w4a4", "kd_fixed2_w4a4",
+                    "kd_gorgrad_w4a4", "ekd_gorgrad_mtw_w4a4"],
 }
 
 
@@ -62,29 +63,33 @@ def block(names: list[str], ref: str | None) -> str:
 
 
 FIXED_W8A8 = ["kd_fixed0.2_w8a8", "kd_fixed0.5_w8a8", "kd_fixed1_w8a8", "kd_fixed2_w8a8", "kd_fixed8_w8a8"]  # the fixed-weight sweep
+FIXED_W4A4 = ["kd_fixed0.5_w4a4", "kd_fixed1_w4a4", "kd_fixed2_w4a4"]  # the W4A4 sweep
 
 
-def sweep_runs(rows: list[dict], ref: str = "kd_gorgrad_w8a8") -> list[str]:
+def sweep_runs(rows: list[dict], ref: str = "kd_gorgrad_w8a8", fixed: list[str] = FIXED_W8A8) -> list[str]:
     """The rows of the fixed-weight sweep that ran at every seed ``ref`` (the GoR row they are compared with) ran: a
     weight run at fewer seeds (``kd_fixed8_w8a8``, two seeds in ``bench/reproduce.sh``) would otherwise shrink every
     comparison to its seeds. Without ``ref`` rows (or if no sweep row covers them), every sweep row that ran."""
     ref_seeds = by_seed(rows, ref).keys()
-    ran = [n for n in FIXED_W8A8 if by_seed(rows, n)]
+    ran = [n for n in fixed if by_seed(rows, n)]
     covering = [n for n in ran if ref_seeds and ref_seeds <= by_seed(rows, n).keys()]
     return covering or ran
 
 
-def sweep_maps(rows: list[dict]) -> tuple[dict[str, dict[int, float]], set[int]]:
+def sweep_maps(rows: list[dict], ref: str = "kd_gorgrad_w8a8",
+               fixed: list[str] = FIXED_W8A8) -> tuple[dict[str, dict[int, float]], set[int]]:
     """``{row: {seed: mAP}}`` of :func:`sweep_runs` and the seeds every one of them has run (the same seeds for each,
     so a pick is not decided by which seeds a row happens to have)."""
-    m = {n: by_seed(rows, n) for n in sweep_runs(rows)}
+    m = {n: by_seed(rows, n) for n in sweep_runs(rows, ref, fixed)}
     return m, (set.intersection(*(set(v) for v in m.values())) if m else set())
 
 
-def best_fixed(rows: list[dict]) -> str:
-    """The row of the fixed-weight sweep with the highest mean mAP over the seeds the whole sweep has run
-    (:func:`sweep_maps`)."""
-    m, seeds = sweep_maps(rows)
+def best_fixed(rows: list[dict], ref: str = "kd_gorgrad_w8a8", fixed: list[str] = FIXED_W8A8) -> str:
+    """The row of the fixed-weight sweep (``fixed``; W8A8 by default) with the highest mean mAP over the seeds the
+    whole sweep has run (:func:`sweep_maps`)."""
+    m, seeds = sweep_maps(rows, ref, fixed)
+    if not m:  # no row of the sweep has run yet: name its first row (the table then shows it as missing)
+        return fixed[0]
     return max(m, key=lambda n: sum(m[n][s] for s in seeds))
 
 
@@ -134,7 +139,16 @@ def targets(doc: str, rows: list[dict]) -> list[tuple[str, str, str, float]]:
             ("EKD 3:1 at fixed w_kd 0.5 >= EKD 3:1 with GoR", "ekd_fixed0.5_mtw_w8a8", "ekd_gorgrad_mtw_w8a8", 0.0),
             ("GoR >= Ultralytics KD + 1 (FP)", "kd_gorgrad_fp", "ul_distill_fp", 1.0),
             ("GoR >= Ultralytics KD + 1 (W8A8)", "kd_gorgrad_w8a8", "ul_distill_q8", 1.0),
-            ("W4A4: GoR >= fixed weight 2", "kd_gorgrad_w4a4", "kd_fixed2_w4a4", 0.0)]
+            ("EKD-GoR, targets weighted per anchor by agreement with the labels, >= single-teacher GoR",
+             "ekd_gorgrad_gtw_w8a8", "kd_gorgrad_w8a8", 0.0),
+            ("EKD-GoR, per-anchor agreement shares >= fixed shares 3:1", "ekd_gorgrad_gtw_w8a8", "ekd_gorgrad_mtw_w8a8",
+             0.0),
+            ("W4A4: GoR >= the best fixed weight (same seeds)", "kd_gorgrad_w4a4",
+             best_fixed(rows, "kd_gorgrad_w4a4", FIXED_W4A4), 0.0),
+            ("W4A4: KD at the best fixed weight >= QAT without KD", best_fixed(rows, "kd_gorgrad_w4a4", FIXED_W4A4),
+             "qat_w4a4", 0.0),
+            ("W4A4: GoR >= QAT without KD", "kd_gorgrad_w4a4", "qat_w4a4", 0.0),
+            ("W4A4: EKD-GoR (3:1) >= single-teacher GoR", "ekd_gorgrad_mtw_w4a4", "kd_gorgrad_w4a4", 0.0)]
 
 
 def step_time_ratio(rows: list[dict], a: str, b: str) -> list[float]:
@@ -163,7 +177,8 @@ def targets_block(doc: str) -> str:
 
 
 GOR_RUNS = ["kd_gor_w8a8", "kd_gorgrad_w8a8", "kd_gorlook_w8a8", "kd_gorlooksplit_w8a8", "ekd_gorgrad_w8a8",
-            "ekd_gorgrad_mt_w8a8", "ekd_gorgrad_mtw_w8a8", "kd_gorgrad_fp", "kd_gorgrad_w4a4"]  # the rows with a learned balance
+            "ekd_gorgrad_mt_w8a8", "ekd_gorgrad_mtw_w8a8", "ekd_gorgrad_gtw_w8a8", "kd_gorgrad_fp", "kd_gorgrad_w4a4",
+            "ekd_gorgrad_mtw_w4a4"]  # the rows with a learned balance
 TASK, KD = ("box_loss", "cls_loss", "dfl_loss"), ("kd_feat", "kd_cls", "kd_box")
 
 

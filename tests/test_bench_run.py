@@ -108,6 +108,11 @@ def test_fixed_weight_picked_on_the_other_seeds():
     assert fill_docs.sweep_runs(sweep) == ["kd_fixed0.5_w8a8", "kd_fixed2_w8a8"]
     assert fill_docs.best_fixed(sweep) == "kd_fixed0.5_w8a8"
     assert [r["seed"] for r in fill_docs.cross_validated_fixed(sweep)] == [0, 1, 2]
+    # the W4A4 sweep is picked among its own rows, on the seeds its GoR row ran
+    w4 = (rows("kd_fixed0.5_w4a4", {0: 0.26, 1: 0.25}) + rows("kd_fixed2_w4a4", {0: 0.25, 1: 0.27})
+          + rows("kd_gorgrad_w4a4", {0: 0.2, 1: 0.2}))
+    assert fill_docs.best_fixed(sweep + w4, "kd_gorgrad_w4a4", fill_docs.FIXED_W4A4) == "kd_fixed2_w4a4"
+    assert fill_docs.best_fixed(sweep, "kd_gorgrad_w4a4", fill_docs.FIXED_W4A4) == "kd_fixed0.5_w4a4"  # none ran
 
 
 def test_step_time_ratio_per_shared_seed():
