@@ -4,8 +4,8 @@
 # row's folder under bench/results/synthetic/ (and bench/out/synthetic/) to redo it.
 #
 # Two single-thread jobs at a time fill the 2-core machine (--jobs 2, gor.threads=1); a row starts when the rows it
-# reads are trained (its seed's FP student, the teachers). Time on the 2-core VM: about 8 h for the key rows at
-# five seeds, 1.3 h for the rest at two seeds.
+# reads are trained (its seed's FP student, the teachers). Time on the 2-core VM: about 8.5 h for the key rows at
+# five seeds, 2.5 h for the rest at two seeds, 0.5 h for the W4A4 rows at seeds 2-3.
 set -e
 cd "$(dirname "$0")/.."
 S=bench/suites/synthetic.yaml
