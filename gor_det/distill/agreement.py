@@ -53,8 +53,8 @@ class GroundTruth:
         """From an Ultralytics detection batch: ``img (B, 3, H, W)``, ``batch_idx (M,)``, ``cls (M, 1)``, ``bboxes
         (M, 4)`` normalised ``x_c, y_c, w, h``."""
         h, w = (int(v) for v in batch["img"].shape[-2:])
-        xywh = batch["bboxes"].float() * torch.tensor([w, h, w, h], dtype=torch.float32, device=batch["bboxes"].device)
-        xyxy = torch.cat([xywh[:, :2] - xywh[:, 2:] / 2, xywh[:, :2] + xywh[:, 2:] / 2], 1)
+        xc, yc, bw, bh = batch["bboxes"].float().unbind(1)  # scaled by Python numbers: no host-to-device copy
+        xyxy = torch.stack([(xc - bw / 2) * w, (yc - bh / 2) * h, (xc + bw / 2) * w, (yc + bh / 2) * h], 1)
         return cls(batch["batch_idx"].long().view(-1), batch["cls"].long().view(-1), xyxy, (h, w))
 
 
