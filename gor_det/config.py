@@ -36,13 +36,21 @@ class TeacherCfg:
     ``{teacher_class_index: student_class_index}`` when the class sets differ in order or size. ``weight``: the
     teacher's share in an ensemble (EKD), relative to the other teachers' (normalised to sum 1): every mean over
     teachers (their KD losses, or their targets with ``distill.ensemble: mean_target``) is weighted by it.
-    ``bench/teacher_ensemble.py`` scores fused teachers on held-out images to choose it.
+    ``bench/teacher_ensemble.py`` scores fused teachers on held-out images to choose it. ``feat_weight``: its share
+    in feature KD alone (default: ``weight``); 0 keeps the teacher out of feature KD (its head outputs still count),
+    e.g. a teacher of another architecture whose neck maps the student's should not imitate.
     """
 
     model: str = ""
     weights: str | None = None
     names: dict[int, int] | None = None
     weight: float = 1.0
+    feat_weight: float | None = None
+
+    @property
+    def feat_share(self) -> float:
+        """The teacher's (relative) share in feature KD: ``feat_weight``, or ``weight`` when not given."""
+        return self.weight if self.feat_weight is None else float(self.feat_weight)
 
 
 @dataclass
@@ -244,6 +252,12 @@ def parse_gor(section: dict | None) -> GorCfg:
         if not (math.isfinite(t.weight) and t.weight > 0):
             raise ConfigError(f"gor.teachers[{i}].weight={t.weight} must be a positive number (its share in the "
                               "ensemble; remove the teacher to leave it out)")
+        if not (math.isfinite(t.feat_share) and t.feat_share >= 0):
+            raise ConfigError(f"gor.teachers[{i}].feat_weight={t.feat_weight} must be a number >= 0 (its share in "
+                              "feature KD; 0 leaves it out of feature KD)")
+    if cfg.teachers and cfg.distill.feat and not any(t.feat_share > 0 for t in cfg.teachers):
+        raise ConfigError("every gor.teachers[].feat_weight is 0 but gor.distill.feat > 0: give one teacher a "
+                          "positive feat_weight, or set gor.distill.feat: 0 to switch feature KD off")
     if cfg.balance.grad_every < 1:
         raise ConfigError(f"gor.balance.grad_every={cfg.balance.grad_every} must be >= 1 (1: measure every step)")
     if cfg.export.calib_images < 1:

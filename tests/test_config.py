@@ -47,6 +47,9 @@ def test_quant_shorthand():
         (["gor.export.calib_images=0"], "gor.export.calib_images=0 must be >= 1 (e.g. 32)"),
         (["gor.quant.w_bits=x"], "gor.quant.w_bits must be a number, got 'x'"),
         (["gor.teachers=[{model: t.pt, weight: 0}]"], "gor.teachers[0].weight=0.0 must be a positive number"),
+        (["gor.teachers=[{model: t.pt, feat_weight: -1}]"], "gor.teachers[0].feat_weight=-1.0 must be a number >= 0"),
+        (["gor.teachers=[{model: a.pt, feat_weight: 0}, {model: b.pt, feat_weight: 0}]"],
+         "every gor.teachers[].feat_weight is 0 but gor.distill.feat > 0"),
         (["epochs"], "override 'epochs' must look like key=value"),
     ],
 )

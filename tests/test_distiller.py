@@ -124,6 +124,25 @@ def test_teacher_weights(nets, ensemble):
         Distiller(cfg)(s, ts, adapters, teacher_weights=[1.0])
 
 
+@pytest.mark.parametrize("ensemble", ["mean_loss", "mean_target"])
+def test_feat_weights(nets, ensemble):
+    """feat_weights (gor.teachers[i].feat_weight): the shares of feature KD alone; a teacher at 0 is left out of it
+    (its adapters get no gradient) while the head terms keep teacher_weights."""
+    s, ts = _run(nets)
+    adapters = build_adapters(s.channels, [t.channels for t in ts])
+    cfg = DistillCfg(feat=0.5, cls=2.0, box=3.0, ensemble=ensemble)
+    out = Distiller(cfg)(s, ts, adapters, teacher_weights=[3.0, 1.0], feat_weights=[1.0, 0.0])
+    ref = Distiller(cfg)(s, ts, adapters, teacher_weights=[3.0, 1.0])
+    feat0 = sum(cwd_loss(adapters[0][lv](s.feats[lv]), ts[0].feats[lv]) for lv in range(3)) / 3
+    torch.testing.assert_close(out["kd_feat"], 0.5 * feat0)
+    for k in ("kd_cls", "kd_box"):
+        torch.testing.assert_close(out[k], ref[k])
+    out["kd"].backward()
+    assert all(c.weight.grad is None for c in adapters[1]) and all(c.weight.grad is not None for c in adapters[0])
+    with pytest.raises(ValueError, match="one of them positive"):
+        Distiller(cfg)(s, ts, adapters, feat_weights=[0.0, 0.0])
+
+
 def test_mean_target_same_reg_max_uses_mean_bins(nets):
     student, teachers = nets
     s, ts = _run(nets)

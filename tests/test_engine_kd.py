@@ -258,10 +258,14 @@ def test_criterion_hands_teacher_weights_to_the_distiller(tiny_data, teacher_pt)
     student, batch = kd_student(names, teacher_pt, gor)
     crit, seen = student.criterion, []
     distiller = crit.distiller
-    crit.distiller = lambda s, t, ad, w=None, gt=None: seen.append((w, gt)) or distiller(s, t, ad, w, gt)
+    crit.distiller = lambda s, t, ad, w=None, gt=None, fw=None: seen.append((w, gt, fw)) or distiller(s, t, ad, w, gt, fw)
     student.train()
     student(batch)
-    assert seen == [([3.0, 1.0], None)]
+    assert seen == [([3.0, 1.0], None, [3.0, 1.0])]  # feature KD: weight unless feat_weight is given
+    gor = parse_gor({"teachers": [{"model": teacher_pt, "weight": 3, "feat_weight": 1}, {"model": teacher_pt,
+                                                                                        "feat_weight": 0}]})
+    student, batch = kd_student(names, teacher_pt, gor)
+    assert (student.criterion.teacher_weights, student.criterion.feat_weights) == ([3.0, 1.0], [1.0, 0.0])
 
 
 def test_criterion_hands_the_labels_to_gt_weighted(tiny_data, teacher_pt):
@@ -279,7 +283,8 @@ def test_criterion_hands_the_labels_to_gt_weighted(tiny_data, teacher_pt):
         student, batch = kd_student(names, teacher_pt, gor)
         crit, seen = student.criterion, []
         distiller = crit.distiller
-        crit.distiller = lambda s, t, ad, w=None, gt=None, seen=seen, d=distiller: seen.append(gt) or d(s, t, ad, w, gt)
+        crit.distiller = (lambda s, t, ad, w=None, gt=None, fw=None, seen=seen, d=distiller:
+                          seen.append(gt) or d(s, t, ad, w, gt, fw))
         student.train()
         out[ens] = student(batch)[1]
         if ens == "gt_weighted":

@@ -24,6 +24,7 @@ For a student and one or more frozen teachers (all :class:`HeadOutputs` of the s
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import torch
@@ -47,6 +48,14 @@ __all__ = ["ENSEMBLES", "KD_KEYS", "Distiller", "anchor_weight_to_levels"]
 
 KD_KEYS = ("kd_feat", "kd_cls", "kd_box", "kd")
 ENSEMBLES = ("mean_target", "mean_loss", "gt_weighted")
+
+
+def feat_shares(n: int, feat_weights: Sequence[float]) -> list[float]:
+    """The teachers' shares in feature KD: ``feat_weights`` (>= 0, at least one positive) normalised to sum 1."""
+    w = [float(x) for x in feat_weights]
+    if len(w) != n or not all(math.isfinite(x) and x >= 0 for x in w) or not any(x > 0 for x in w):
+        raise ValueError(f"feature KD weights {w} for {n} teachers: need {n} numbers >= 0, one of them positive")
+    return [x / sum(w) for x in w]
 
 
 def anchor_weight_to_levels(weight: torch.Tensor, level_sizes: Sequence[tuple[int, int]]) -> list[torch.Tensor]:
@@ -146,6 +155,7 @@ class Distiller:
         adapters: nn.ModuleList | None,
         teacher_weights: Sequence[float] | None = None,
         gt: GroundTruth | None = None,
+        feat_weights: Sequence[float] | None = None,
     ) -> dict[str, torch.Tensor]:
         """KD terms for one batch.
 
@@ -157,6 +167,8 @@ class Distiller:
             teacher_weights: one positive weight per teacher (``gor.teachers[i].weight``), normalised to the shares
                 of every mean over teachers; None: equal shares.
             gt: the batch's labels; needed by ``ensemble: gt_weighted`` with several teachers (ignored otherwise).
+            feat_weights: the teachers' weights in feature KD alone (``gor.teachers[i].feat_weight``; >= 0, one
+                positive; a teacher at 0 is left out of feature KD); None: ``teacher_weights``.
 
         Returns:
             ``{"kd_feat", "kd_cls", "kd_box", "kd"}``: float32 scalars, each multiplied by its weight.
@@ -172,8 +184,9 @@ class Distiller:
         out = {k: student.scores.new_zeros((), dtype=torch.float32) for k in ("kd_feat", "kd_cls", "kd_box")}
 
         if cfg.feat:
-            per_t = [self.feat_loss(student, t, ad) for t, ad in zip(teachers, adapters)]
-            out["kd_feat"] = cfg.feat * mean_over_teachers(per_t)
+            f_shares = shares if feat_weights is None else feat_shares(len(teachers), feat_weights)
+            out["kd_feat"] = cfg.feat * sum(w * self.feat_loss(student, t, ad)
+                                            for w, t, ad in zip(f_shares, teachers, adapters) if w > 0)
 
         if cfg.cls or cfg.box:
             if cfg.ensemble in ("mean_target", "gt_weighted") and len(teachers) > 1:

@@ -54,6 +54,7 @@ class KDCriterion:
         self.reg_max = int(reg_max)
         self.t_reg_max = teachers.reg_max()
         self.teacher_weights = [c.weight for c in teachers.cfgs]  # gor.teachers[i].weight: shares in the ensemble
+        self.feat_weights = [c.feat_share for c in teachers.cfgs]  # .feat_weight (default: weight): in feature KD
         self.distiller = Distiller(cfg.distill)
         self.balancer = make_balancer(cfg.balance, kd["gor"] if "gor" in kd else None)
         form = self.balancer.form if isinstance(self.balancer, GoRBalancer) else None
@@ -78,7 +79,7 @@ class KDCriterion:
 
     def _distill(self, student: HeadOutputs, t_outs: list[HeadOutputs], batch: dict) -> dict[str, torch.Tensor]:
         gt = GroundTruth.from_yolo_batch(batch) if self.cfg.distill.ensemble == "gt_weighted" else None
-        return self.distiller(student, t_outs, self.kd["adapters"], self.teacher_weights, gt)
+        return self.distiller(student, t_outs, self.kd["adapters"], self.teacher_weights, gt, self.feat_weights)
 
     def _measure(self, task, l_kd, preds, batch, student, t_outs) -> dict[str, torch.Tensor]:
         """What the gradient forms balance on: ``gor_grad``, the two losses' gradient norms on the Detect-head inputs
