@@ -35,7 +35,7 @@ DOCS = {
                     "kd_fixed1_w8a8", "kd_fixed2_w8a8", "kd_fixed8_w8a8", "kd_gor_w8a8", "kd_gorgrad_w8a8",
                     "kd_gorlook_w8a8", "kd_gorlooksplit_w8a8", "ekd_gorgrad_w8a8", "ekd_gorgrad_mt_w8a8",
                     "ekd_gorgrad_mtw_w8a8", "ekd_fixed0.5_mtw_w8a8", "ul_distill_q8", "ul_distill_fp", "kd_gorgrad_fp",
-                    "ekd_gorgrad_gtw_w8a8", "qat_w4a4", "kd_fixed0.5_w4a4", "kd_fixed1_w4a4", "kd_fixed2_w4a4",
+                    "ekd_gorgrad_gtw_w8a8", "ekd_gorgrad_mtw_v8sfeat_w8a8", "qat_w4a4", "kd_fixed0.5_w4a4", "kd_fixed1_w4a4", "kd_fixed2_w4a4",
                     "kd_gorgrad_w4a4", "kd_fixedgor_w4a4", "ekd_gorgrad_mtw_w4a4"],
 }
 
@@ -143,6 +143,10 @@ def targets(doc: str, rows: list[dict]) -> list[tuple[str, str, str, float]]:
              "ekd_gorgrad_gtw_w8a8", "kd_gorgrad_w8a8", 0.0),
             ("EKD-GoR, per-anchor agreement shares >= fixed shares 3:1", "ekd_gorgrad_gtw_w8a8", "ekd_gorgrad_mtw_w8a8",
              0.0),
+            ("EKD-GoR, 3:1 in the head terms, features from YOLOv8s only, >= single-teacher GoR",
+             "ekd_gorgrad_mtw_v8sfeat_w8a8", "kd_gorgrad_w8a8", 0.0),
+            ("EKD-GoR 3:1, features from YOLOv8s only >= from both teachers", "ekd_gorgrad_mtw_v8sfeat_w8a8",
+             "ekd_gorgrad_mtw_w8a8", 0.0),
             ("W4A4: GoR >= the best fixed weight (same seeds)", "kd_gorgrad_w4a4",
              best_fixed(rows, "kd_gorgrad_w4a4", FIXED_W4A4), 0.0),
             ("W4A4: KD at the best fixed weight >= QAT without KD", best_fixed(rows, "kd_gorgrad_w4a4", FIXED_W4A4),
@@ -178,8 +182,8 @@ def targets_block(doc: str) -> str:
 
 
 GOR_RUNS = ["kd_gor_w8a8", "kd_gorgrad_w8a8", "kd_gorlook_w8a8", "kd_gorlooksplit_w8a8", "ekd_gorgrad_w8a8",
-            "ekd_gorgrad_mt_w8a8", "ekd_gorgrad_mtw_w8a8", "ekd_gorgrad_gtw_w8a8", "kd_gorgrad_fp", "kd_gorgrad_w4a4",
-            "ekd_gorgrad_mtw_w4a4"]  # the rows with a learned balance
+            "ekd_gorgrad_mt_w8a8", "ekd_gorgrad_mtw_w8a8", "ekd_gorgrad_gtw_w8a8", "ekd_gorgrad_mtw_v8sfeat_w8a8",
+            "kd_gorgrad_fp", "kd_gorgrad_w4a4", "ekd_gorgrad_mtw_w4a4"]  # the rows with a learned balance
 TASK, KD = ("box_loss", "cls_loss", "dfl_loss"), ("kd_feat", "kd_cls", "kd_box")
 
 
