@@ -1,10 +1,13 @@
 """gor_det.config: parsing, overrides, and the one-line errors for bad input."""
 
+from pathlib import Path
+
 import pytest
 
 from gor_det.config import ConfigError, GorCfg, QuantCfg, load_run_cfg, parse_gor, suggest
 
 UL_KEYS = ["model", "data", "epochs", "imgsz", "batch", "lr0"]
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def write(tmp_path, text):
@@ -72,3 +75,13 @@ def test_missing_and_invalid_cfg_file(tmp_path):
 def test_suggest():
     assert suggest("w_bit", ["w_bits", "a_bits"]) == " (did you mean 'w_bits'?)"
     assert suggest("zzzz", ["w_bits"]) == ""
+
+
+@pytest.mark.parametrize("path", sorted(str(p.relative_to(ROOT)) for p in (ROOT / "cfg").rglob("*.yaml")))
+def test_shipped_cfgs_parse(path):
+    """Every cfg the repo ships (demo, bench, COCO templates) is valid: keys known to gor_det and Ultralytics,
+    values in range."""
+    from ultralytics.cfg import DEFAULT_CFG_DICT
+
+    run = load_run_cfg(ROOT / path, None, list(DEFAULT_CFG_DICT))
+    assert run.gor is not None
