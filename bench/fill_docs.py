@@ -36,7 +36,7 @@ DOCS = {
                     "kd_gorlook_w8a8", "kd_gorlooksplit_w8a8", "ekd_gorgrad_w8a8", "ekd_gorgrad_mt_w8a8",
                     "ekd_gorgrad_mtw_w8a8", "ekd_fixed0.5_mtw_w8a8", "ul_distill_q8", "ul_distill_fp", "kd_gorgrad_fp",
                     "ekd_gorgrad_gtw_w8a8", "ekd_gorgrad_mtw_v8sfeat_w8a8", "qat_w4a4", "kd_fixed0.5_w4a4", "kd_fixed1_w4a4", "kd_fixed2_w4a4",
-                    "kd_gorgrad_w4a4", "kd_fixedgor_w4a4", "ekd_gorgrad_mtw_w4a4"],
+                    "kd_gorgrad_w4a4", "kd_fixedgor_w4a4", "kd_gorgradslow_w4a4", "ekd_gorgrad_mtw_w4a4"],
 }
 
 
@@ -153,6 +153,9 @@ def targets(doc: str, rows: list[dict]) -> list[tuple[str, str, str, float]]:
              "qat_w4a4", 0.0),
             ("W4A4: GoR >= QAT without KD", "kd_gorgrad_w4a4", "qat_w4a4", 0.0),
             ("W4A4: GoR >= fixed at the weights GoR settles at", "kd_gorgrad_w4a4", "kd_fixedgor_w4a4", 0.0),
+            ("W4A4: GoR with scalar lr 0.001 >= with lr 0.01", "kd_gorgradslow_w4a4", "kd_gorgrad_w4a4", 0.0),
+            ("W4A4: GoR with scalar lr 0.001 >= the best fixed weight", "kd_gorgradslow_w4a4",
+             best_fixed(rows, "kd_gorgrad_w4a4", FIXED_W4A4), 0.0),
             ("W4A4: EKD-GoR (3:1) >= single-teacher GoR", "ekd_gorgrad_mtw_w4a4", "kd_gorgrad_w4a4", 0.0)]
 
 
@@ -183,7 +186,7 @@ def targets_block(doc: str) -> str:
 
 GOR_RUNS = ["kd_gor_w8a8", "kd_gorgrad_w8a8", "kd_gorlook_w8a8", "kd_gorlooksplit_w8a8", "ekd_gorgrad_w8a8",
             "ekd_gorgrad_mt_w8a8", "ekd_gorgrad_mtw_w8a8", "ekd_gorgrad_gtw_w8a8", "ekd_gorgrad_mtw_v8sfeat_w8a8",
-            "kd_gorgrad_fp", "kd_gorgrad_w4a4", "ekd_gorgrad_mtw_w4a4"]  # the rows with a learned balance
+            "kd_gorgrad_fp", "kd_gorgrad_w4a4", "kd_gorgradslow_w4a4", "ekd_gorgrad_mtw_w4a4"]  # learned balance
 TASK, KD = ("box_loss", "cls_loss", "dfl_loss"), ("kd_feat", "kd_cls", "kd_box")
 
 
