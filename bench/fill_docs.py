@@ -33,10 +33,11 @@ DOCS = {
                              "qat_w4a4"],
     "docs/gor.md": ["teacher_v8s", "teacher_v11s", "fp_v8n_ft", "qat_w8a8", "kd_fixed0.2_w8a8", "kd_fixed0.5_w8a8",
                     "kd_fixed1_w8a8", "kd_fixed2_w8a8", "kd_fixed8_w8a8", "kd_gor_w8a8", "kd_gorgrad_w8a8",
-                    "kd_gorlook_w8a8", "kd_gorlooksplit_w8a8", "ekd_gorgrad_w8a8", "ekd_gorgrad_mt_w8a8",
-                    "ekd_gorgrad_mtw_w8a8", "ekd_fixed0.5_mtw_w8a8", "ul_distill_q8", "ul_distill_fp", "kd_gorgrad_fp",
-                    "ekd_gorgrad_gtw_w8a8", "ekd_gorgrad_mtw_v8sfeat_w8a8", "qat_w4a4", "kd_fixed0.5_w4a4", "kd_fixed1_w4a4", "kd_fixed2_w4a4",
-                    "kd_gorgrad_w4a4", "kd_fixedgor_w4a4", "kd_gorgradslow_w4a4", "ekd_gorgrad_mtw_w4a4"],
+                    "kd_gorlook_w8a8", "kd_gorlooksplit_w8a8", "kd_gorgradslow_w8a8", "ekd_gorgrad_w8a8",
+                    "ekd_gorgrad_mt_w8a8", "ekd_gorgrad_mtw_w8a8", "ekd_gorgrad_mtw_v8sfeat_w8a8", "ekd_gorgrad_gtw_w8a8",
+                    "ekd_fixed0.5_mtw_w8a8", "ul_distill_q8", "ul_distill_fp", "kd_gorgrad_fp", "qat_w4a4",
+                    "kd_fixed0.5_w4a4", "kd_fixed1_w4a4", "kd_fixed2_w4a4", "kd_gorgrad_w4a4", "kd_fixedgor_w4a4",
+                    "kd_gorgradslow_w4a4", "ekd_gorgrad_mtw_w4a4"],
 }
 
 
@@ -127,6 +128,9 @@ def targets(doc: str, rows: list[dict]) -> list[tuple[str, str, str, float]]:
             ("GoR lookahead, split-batch >= next-batch transfer", "kd_gorlooksplit_w8a8", "kd_gorlook_w8a8", 0.0),
             ("GoR lookahead, split-batch transfer, >= GoR gradient-norm form", "kd_gorlooksplit_w8a8",
              "kd_gorgrad_w8a8", 0.0),
+            ("GoR gradient-norm form, scalar lr 0.001 >= lr 0.01", "kd_gorgradslow_w8a8", "kd_gorgrad_w8a8", 0.0),
+            ("GoR gradient-norm form, scalar lr 0.001 >= the best fixed weight", "kd_gorgradslow_w8a8",
+             best_fixed(rows), 0.0),
             ("GoR gradient-norm form >= loss-value form", "kd_gorgrad_w8a8", "kd_gor_w8a8", 0.0),
             ("W8A8 GoR >= FP without KD", "kd_gorgrad_w8a8", "fp_v8n_ft", 0.0),
             ("EKD-GoR >= single-teacher GoR", "ekd_gorgrad_w8a8", "kd_gorgrad_w8a8", 0.0),
@@ -184,8 +188,8 @@ def targets_block(doc: str) -> str:
             "`python bench/fill_docs.py`")
 
 
-GOR_RUNS = ["kd_gor_w8a8", "kd_gorgrad_w8a8", "kd_gorlook_w8a8", "kd_gorlooksplit_w8a8", "ekd_gorgrad_w8a8",
-            "ekd_gorgrad_mt_w8a8", "ekd_gorgrad_mtw_w8a8", "ekd_gorgrad_gtw_w8a8", "ekd_gorgrad_mtw_v8sfeat_w8a8",
+GOR_RUNS = ["kd_gor_w8a8", "kd_gorgrad_w8a8", "kd_gorlook_w8a8", "kd_gorlooksplit_w8a8", "kd_gorgradslow_w8a8",
+            "ekd_gorgrad_w8a8", "ekd_gorgrad_mt_w8a8", "ekd_gorgrad_mtw_w8a8", "ekd_gorgrad_gtw_w8a8", "ekd_gorgrad_mtw_v8sfeat_w8a8",
             "kd_gorgrad_fp", "kd_gorgrad_w4a4", "kd_gorgradslow_w4a4", "ekd_gorgrad_mtw_w4a4"]  # learned balance
 TASK, KD = ("box_loss", "cls_loss", "dfl_loss"), ("kd_feat", "kd_cls", "kd_box")
 
