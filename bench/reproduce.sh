@@ -17,7 +17,7 @@ bash scripts/setup_env.sh
 $PY bench/run.py --suite $S --jobs 2 --seeds 0 1 2 3 4 --only teacher_v8s fp_v8n fp_v8n_ft ptq_w8a8 qat_w8a8 \
   ul_quantize8 kd_fixed0.2_w8a8 kd_fixed0.5_w8a8 kd_fixed1_w8a8 kd_fixed2_w8a8 kd_fixed8_w8a8 kd_gorgrad_w8a8 \
   kd_gorlook_w8a8 kd_gor_w8a8 kd_gorlooksplit_w8a8 teacher_v11s ekd_gorgrad_w8a8 ekd_gorgrad_mt_w8a8 \
-  ekd_gorgrad_mtw_w8a8 ekd_gorgrad_mtw_v8sfeat_w8a8 -- gor.threads=1
+  ekd_gorgrad_mtw_w8a8 ekd_gorgrad_mtw_v8sfeat_w8a8 kd_gorgradslow_w8a8 -- gor.threads=1
 # EKD with per-anchor label-agreement shares: four seeds (below the fixed shares on each of them)
 $PY bench/run.py --suite $S --jobs 2 --seeds 0 1 2 3 --only ekd_gorgrad_gtw_w8a8 -- gor.threads=1
 # The other rows, seeds 0-1: bit widths, FP KD, Ultralytics' KD, the W4A4 sweep and EKD, EKD at a fixed weight
