@@ -52,13 +52,18 @@ def _teacher(ltrb_px, logits):
     return HeadOutputs(feats, logits.unsqueeze(0).repeat(2, 1, 1), boxes, 1)
 
 
-def test_teacher_agreement_is_class_probability_times_iou_or_no_object():
+def _matched():
+    """The labels, anchors, their matches, and the ltrb offsets (pixels, ``(A, 4)``) that reproduce at each anchor the
+    box it is matched to in image 0 (box 1 at anchors 0 / 4, box 0 elsewhere)."""
     gt, xyxy = _gt()
     centers, strides = anchor_centers(LEVELS, IMG)
     match = match_anchors(gt, centers, 2)
-    # offsets that reproduce, at each anchor, the box it is matched to in image 0 (box 1 at anchors 0/4, box 0 else)
     target = xyxy[match[0]]
-    ltrb = torch.cat([centers - target[:, :2], target[:, 2:] - centers], 1)
+    return gt, centers, strides, match, torch.cat([centers - target[:, :2], target[:, 2:] - centers], 1)
+
+
+def test_teacher_agreement_is_class_probability_times_iou_or_no_object():
+    gt, centers, strides, match, ltrb = _matched()
     logits = torch.full((3, 5), -2.0)
     logits[2, [0, 4]] = 1.0  # class 2 (the small box's) at anchors 0, 4
     logits[1, [1, 2, 3]] = 0.5  # class 1 (the big box's) at anchors 1-3
@@ -74,11 +79,7 @@ def test_teacher_agreement_is_class_probability_times_iou_or_no_object():
 
 
 def test_agreement_shares():
-    gt, xyxy = _gt()
-    centers, _ = anchor_centers(LEVELS, IMG)
-    match = match_anchors(gt, centers, 2)
-    target = xyxy[match[0]]
-    right = torch.cat([centers - target[:, :2], target[:, 2:] - centers], 1)
+    gt, _, _, _, right = _matched()
     logits = torch.full((3, 5), -2.0)
     logits[1, :] = 3.0
     good, shrunk = _teacher(right, logits), _teacher(right - 8.0, logits)  # 8 px in from every side

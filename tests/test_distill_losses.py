@@ -233,6 +233,11 @@ def test_ensemble_weights():
     for bad in ([1, 0], [1, -1], [1, float("nan")]):
         with pytest.raises(ValueError, match="positive finite"):
             ensemble_weights(2, bad)
+    # allow_zero (feature KD's feat_weight): a teacher at 0 is left out; all at 0, or negative, is an error
+    assert ensemble_weights(2, [2, 0], allow_zero=True) == [1.0, 0.0]
+    for bad in ([0, 0], [1, -1], [1, float("inf")]):
+        with pytest.raises(ValueError, match="one of them positive"):
+            ensemble_weights(2, bad, allow_zero=True)
 
 
 def test_per_anchor_shares():

@@ -24,7 +24,6 @@ For a student and one or more frozen teachers (all :class:`HeadOutputs` of the s
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 
 import torch
@@ -48,14 +47,6 @@ __all__ = ["ENSEMBLES", "KD_KEYS", "Distiller", "anchor_weight_to_levels"]
 
 KD_KEYS = ("kd_feat", "kd_cls", "kd_box", "kd")
 ENSEMBLES = ("mean_target", "mean_loss", "gt_weighted")
-
-
-def feat_shares(n: int, feat_weights: Sequence[float]) -> list[float]:
-    """The teachers' shares in feature KD: ``feat_weights`` (>= 0, at least one positive) normalised to sum 1."""
-    w = [float(x) for x in feat_weights]
-    if len(w) != n or not all(math.isfinite(x) and x >= 0 for x in w) or not any(x > 0 for x in w):
-        raise ValueError(f"feature KD weights {w} for {n} teachers: need {n} numbers >= 0, one of them positive")
-    return [x / sum(w) for x in w]
 
 
 def anchor_weight_to_levels(weight: torch.Tensor, level_sizes: Sequence[tuple[int, int]]) -> list[torch.Tensor]:
@@ -184,7 +175,7 @@ class Distiller:
         out = {k: student.scores.new_zeros((), dtype=torch.float32) for k in ("kd_feat", "kd_cls", "kd_box")}
 
         if cfg.feat:
-            f_shares = shares if feat_weights is None else feat_shares(len(teachers), feat_weights)
+            f_shares = shares if feat_weights is None else ensemble_weights(len(teachers), feat_weights, allow_zero=True)
             out["kd_feat"] = cfg.feat * sum(w * self.feat_loss(student, t, ad)
                                             for w, t, ad in zip(f_shares, teachers, adapters) if w > 0)
 

@@ -59,15 +59,19 @@ def _check_same(name: str, s: torch.Tensor, t: torch.Tensor) -> None:
         raise ValueError(f"{name}: student {tuple(s.shape)} and teacher {tuple(t.shape)} shapes differ")
 
 
-def ensemble_weights(n: int, teacher_weights: Sequence[float] | None = None) -> list[float]:
+def ensemble_weights(n: int, teacher_weights: Sequence[float] | None = None, allow_zero: bool = False) -> list[float]:
     """The ``n`` teachers' shares in an ensemble: ``teacher_weights`` normalised to sum 1 (None: ``1 / n`` each).
-    Raises ValueError for a wrong count or a weight that is not a positive finite number."""
+    Raises ValueError for a wrong count or a weight that is not a positive finite number (``allow_zero``: finite and
+    >= 0, one of them positive; a teacher at 0 is left out, as in feature KD with ``feat_weight: 0``)."""
     if teacher_weights is None:
         return [1.0 / n] * n
     w = [float(x) for x in teacher_weights]
     if len(w) != n:
         raise ValueError(f"{len(w)} teacher weights for {n} teachers")
-    if not all(math.isfinite(x) and x > 0 for x in w):
+    if allow_zero:
+        if not (all(math.isfinite(x) and x >= 0 for x in w) and any(x > 0 for x in w)):
+            raise ValueError(f"teacher weights must be finite numbers >= 0, one of them positive, got {w}")
+    elif not all(math.isfinite(x) and x > 0 for x in w):
         raise ValueError(f"teacher weights must be positive finite numbers, got {w}")
     total = sum(w)
     return [x / total for x in w]

@@ -102,9 +102,9 @@ class KDCriterion:
                 flat_gradient(task, wrt), flat_gradient(l_kd, wrt))
         halves = []
         for rows in (slice(0, bs // 2), slice(bs // 2, bs)):
-            n = rows.stop - rows.start
-            task_h = self.base(select_rows(preds, rows, bs), batch_rows(batch, rows))[0].sum() / n
-            kd_h = self._distill(student.select(rows), [t.select(rows) for t in t_outs], batch_rows(batch, rows))["kd"]
+            n, half = rows.stop - rows.start, batch_rows(batch, rows)
+            task_h = self.base(select_rows(preds, rows, bs), half)[0].sum() / n
+            kd_h = self._distill(student.select(rows), [t.select(rows) for t in t_outs], half)["kd"]
             halves.append((flat_gradient(task_h, wrt), flat_gradient(kd_h, wrt)))
         return self.meter.measure_split(*halves)
 
