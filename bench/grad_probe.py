@@ -11,8 +11,9 @@ their ratio; the cosine between the two gradients; and each KD term's gradient n
 ``gor_lookahead`` measures: on the parameters of the layers feeding the Detect head and of the head, the norms of the
 two gradients and, for every ordered pair of distinct batches (A, B), the transfers ``ρ_t = <g_t^B, g_t^A> / |g_t^A|``
 and ``ρ_k = <g_t^B, g_k^A> / |g_k^A|`` (how much a unit step along each term's batch-A gradient lowers batch B's task
-loss), averaged over the pairs. With ``--holdout DATA`` (or ``--holdout-seed K``: a fresh split of the bench preset)
-the same transfers are also measured to the task loss of un-augmented batches of that val split (images the student
+loss), averaged over the pairs, and the batch-consistent part of each gradient, ``|E g| = sqrt(mean <g^A, g^B>)``
+(the norm of the expected gradient: the per-batch noise cancels in the dot product of independent batches). With
+``--holdout DATA`` (or ``--holdout-seed K``: a fresh split of the bench preset) the same transfers are also measured to the task loss of un-augmented batches of that val split (images the student
 never trained on; eval-mode BN, the arithmetic the val mAP is scored with): ``ρ_j^H = <g_t^H, g_j^A> / |g_j^A|``
 averaged over training batches A and held-out batches H, i.e. the ratio a lookahead on held-out images would use.
 Nothing is trained.
@@ -99,12 +100,22 @@ def main():
     rho_k = sum(float(flat[b_][0] @ flat[a_][1] / flat[a_][1].norm()) for a_, b_ in pairs) / len(pairs)
     n_t = sum(float(g[0].norm()) for g in flat) / len(flat)
     n_k = sum(float(g[1].norm()) for g in flat) / len(flat)
+    # the batch-consistent part of each gradient: E<g^A, g^B> = |E g|^2 for independent batches A, B
+    dot_t = sum(float(flat[b_][0] @ flat[a_][0]) for a_, b_ in pairs) / len(pairs)
+    dot_k = sum(float(flat[b_][1] @ flat[a_][1]) for a_, b_ in pairs) / len(pairs)
+    sig_t, sig_k = max(dot_t, 0.0) ** 0.5, max(dot_k, 0.0) ** 0.5
     lines += ["", f"On the {sum(p.numel() for p in params)} parameters of the layers feeding the Detect head and of the "
               f"head ({len(pairs)} ordered batch pairs):", "",
               "| mean n_t | mean n_k | n_t / n_k | rho_t | rho_k | a = rho_k / rho_t | gor_lookahead's w_kd / w_task |",
               "|---|---|---|---|---|---|---|",
               f"| {n_t:.4f} | {n_k:.4f} | {n_t / n_k:.2f} | {rho_t:.4f} | {rho_k:.4f} | {rho_k / rho_t:.2f} | "
-              f"{rho_k / rho_t * n_t / n_k:.2f} |"]
+              f"{rho_k / rho_t * n_t / n_k:.2f} |",
+              "", "The batch-consistent part of each gradient, `|E g| = sqrt(mean <g^A, g^B>)` over the same pairs "
+              "(`|E g| / mean |g|`: the share of a batch's gradient norm that other batches share; the last column is "
+              "the ratio at which `gor_grad`'s game played on `|E g|` instead of `|g|` would settle):", "",
+              "| sig_t | sig_k | sig_t / mean n_t | sig_k / mean n_k | w_kd / w_task = sig_t / sig_k |",
+              "|---|---|---|---|---|",
+              f"| {sig_t:.4f} | {sig_k:.4f} | {sig_t / n_t:.2f} | {sig_k / n_k:.2f} | {sig_t / max(sig_k, 1e-12):.2f} |"]
     if a.holdout_seed is not None:
         from teacher_ensemble import fresh_split  # bench/ is sys.path[0] when run as a script
 
