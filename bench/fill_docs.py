@@ -37,7 +37,8 @@ DOCS = {
                     "ekd_gorgrad_mt_w8a8", "ekd_gorgrad_mtw_w8a8", "ekd_gorgrad_mtw_v8sfeat_w8a8", "ekd_gorgrad_gtw_w8a8",
                     "ekd_fixed0.5_mtw_w8a8", "ul_distill_q8", "ul_distill_fp", "kd_gorgrad_fp", "qat_w4a4",
                     "kd_fixed0.5_w4a4", "kd_fixed1_w4a4", "kd_fixed2_w4a4", "kd_gorgrad_w4a4", "kd_fixedgor_w4a4",
-                    "kd_gorgradslow_w4a4", "ekd_gorgrad_mtw_w4a4"],
+                    "kd_gorgradslow_w4a4", "ekd_gorgrad_mtw_w4a4", "ekd_gorgradslow_mtw_v8sfeat_w8a8",
+                    "ekd_gorgradslow_mtw_v8sfeat_w4a4"],
 }
 
 
@@ -67,7 +68,7 @@ FIXED_W8A8 = ["kd_fixed0.2_w8a8", "kd_fixed0.5_w8a8", "kd_fixed1_w8a8", "kd_fixe
 FIXED_W4A4 = ["kd_fixed0.5_w4a4", "kd_fixed1_w4a4", "kd_fixed2_w4a4"]  # the W4A4 sweep
 
 
-def sweep_runs(rows: list[dict], ref: str = "kd_gorgrad_w8a8", fixed: list[str] = FIXED_W8A8) -> list[str]:
+def sweep_runs(rows: list[dict], ref: str = "kd_gorgradslow_w8a8", fixed: list[str] = FIXED_W8A8) -> list[str]:
     """The rows of the fixed-weight sweep that ran at every seed ``ref`` (the GoR row they are compared with) ran: a
     weight run at fewer seeds (``kd_fixed8_w8a8``, two seeds in ``bench/reproduce.sh``) would otherwise shrink every
     comparison to its seeds. Without ``ref`` rows (or if no sweep row covers them), every sweep row that ran."""
@@ -77,7 +78,7 @@ def sweep_runs(rows: list[dict], ref: str = "kd_gorgrad_w8a8", fixed: list[str] 
     return covering or ran
 
 
-def sweep_maps(rows: list[dict], ref: str = "kd_gorgrad_w8a8",
+def sweep_maps(rows: list[dict], ref: str = "kd_gorgradslow_w8a8",
                fixed: list[str] = FIXED_W8A8) -> tuple[dict[str, dict[int, float]], set[int]]:
     """``{row: {seed: mAP}}`` of :func:`sweep_runs` and the seeds every one of them has run (the same seeds for each,
     so a pick is not decided by which seeds a row happens to have)."""
@@ -85,7 +86,7 @@ def sweep_maps(rows: list[dict], ref: str = "kd_gorgrad_w8a8",
     return m, (set.intersection(*(set(v) for v in m.values())) if m else set())
 
 
-def best_fixed(rows: list[dict], ref: str = "kd_gorgrad_w8a8", fixed: list[str] = FIXED_W8A8) -> str:
+def best_fixed(rows: list[dict], ref: str = "kd_gorgradslow_w8a8", fixed: list[str] = FIXED_W8A8) -> str:
     """The row of the fixed-weight sweep (``fixed``; W8A8 by default) with the highest mean mAP over the seeds the
     whole sweep has run (:func:`sweep_maps`)."""
     m, seeds = sweep_maps(rows, ref, fixed)
@@ -116,9 +117,22 @@ def targets(doc: str, rows: list[dict]) -> list[tuple[str, str, str, float]]:
         return [("QAT W8A8 within 0.5 of FP", "qat_w8a8", "fp_v8n_ft", -0.5),
                 ("QAT W8A8 above PTQ", "qat_w8a8", "ptq_w8a8", 0.0),
                 ("QAT W8A8 above Ultralytics quantize=8", "qat_w8a8", "ul_quantize8", 0.0)]
-    best8, best4 = best_fixed(rows), best_fixed(rows, "kd_gorgrad_w4a4", FIXED_W4A4)
-    return [("GoR >= the best fixed weight (picked on the same seeds)", "kd_gorgrad_w8a8", best8, 0.0),
-            ("GoR >= the fixed weight a sweep on the other seeds picks", "kd_gorgrad_w8a8", "kd_fixed_cv_w8a8", 0.0),
+    best8, best4 = best_fixed(rows), best_fixed(rows, "kd_gorgradslow_w4a4", FIXED_W4A4)
+    # kd_gorgradslow_*: GoR as it ships (gor_grad, scalar lr 0.001, the default since 2026-11-30); kd_gorgrad_*: lr 0.01
+    return [("GoR (default) >= the best fixed weight (picked on the same seeds)", "kd_gorgradslow_w8a8", best8, 0.0),
+            ("GoR (default) >= the fixed weight a sweep on the other seeds picks", "kd_gorgradslow_w8a8",
+             "kd_fixed_cv_w8a8", 0.0),
+            ("W8A8 GoR (default) >= FP without KD", "kd_gorgradslow_w8a8", "fp_v8n_ft", 0.0),
+            ("GoR (default) >= Ultralytics KD + 1 (W8A8)", "kd_gorgradslow_w8a8", "ul_distill_q8", 1.0),
+            ("EKD-GoR (default; 3:1 in the head terms, features from YOLOv8s) >= single-teacher GoR (default)",
+             "ekd_gorgradslow_mtw_v8sfeat_w8a8", "kd_gorgradslow_w8a8", 0.0),
+            ("EKD-GoR (as above), scalar lr 0.001 (default) >= lr 0.01", "ekd_gorgradslow_mtw_v8sfeat_w8a8",
+             "ekd_gorgrad_mtw_v8sfeat_w8a8", 0.0),
+            ("W4A4: GoR (default) >= the best fixed weight (same seeds)", "kd_gorgradslow_w4a4", best4, 0.0),
+            ("W4A4: GoR (default) >= QAT without KD", "kd_gorgradslow_w4a4", "qat_w4a4", 0.0),
+            ("W4A4: EKD-GoR (default, as above) >= single-teacher GoR (default)", "ekd_gorgradslow_mtw_v8sfeat_w4a4",
+             "kd_gorgradslow_w4a4", 0.0),
+            ("GoR, scalar lr 0.01, >= the best fixed weight (same seeds)", "kd_gorgrad_w8a8", best8, 0.0),
             ("GoR lookahead >= the best fixed weight (same seeds)", "kd_gorlook_w8a8", best8, 0.0),
             ("GoR lookahead >= the cross-validated fixed weight", "kd_gorlook_w8a8", "kd_fixed_cv_w8a8", 0.0),
             ("GoR lookahead >= GoR gradient-norm form", "kd_gorlook_w8a8", "kd_gorgrad_w8a8", 0.0),
@@ -129,11 +143,9 @@ def targets(doc: str, rows: list[dict]) -> list[tuple[str, str, str, float]]:
             ("GoR lookahead, split-batch >= next-batch transfer", "kd_gorlooksplit_w8a8", "kd_gorlook_w8a8", 0.0),
             ("GoR lookahead, split-batch transfer, >= GoR gradient-norm form", "kd_gorlooksplit_w8a8",
              "kd_gorgrad_w8a8", 0.0),
-            ("GoR gradient-norm form, scalar lr 0.001 >= lr 0.01", "kd_gorgradslow_w8a8", "kd_gorgrad_w8a8", 0.0),
-            ("GoR gradient-norm form, scalar lr 0.001 >= the best fixed weight", "kd_gorgradslow_w8a8",
-             best8, 0.0),
+            ("GoR gradient-norm form, scalar lr 0.001 (default) >= lr 0.01", "kd_gorgradslow_w8a8", "kd_gorgrad_w8a8", 0.0),
             ("GoR gradient-norm form >= loss-value form", "kd_gorgrad_w8a8", "kd_gor_w8a8", 0.0),
-            ("W8A8 GoR >= FP without KD", "kd_gorgrad_w8a8", "fp_v8n_ft", 0.0),
+            ("W8A8 GoR, scalar lr 0.01, >= FP without KD", "kd_gorgrad_w8a8", "fp_v8n_ft", 0.0),
             ("EKD-GoR >= single-teacher GoR", "ekd_gorgrad_w8a8", "kd_gorgrad_w8a8", 0.0),
             ("EKD-GoR, averaged targets, >= single-teacher GoR", "ekd_gorgrad_mt_w8a8", "kd_gorgrad_w8a8", 0.0),
             ("EKD-GoR, averaged targets >= averaged losses", "ekd_gorgrad_mt_w8a8", "ekd_gorgrad_w8a8", 0.0),
@@ -142,8 +154,8 @@ def targets(doc: str, rows: list[dict]) -> list[tuple[str, str, str, float]]:
             ("EKD 3:1 at fixed w_kd 0.5 >= one teacher at fixed w_kd 0.5", "ekd_fixed0.5_mtw_w8a8", "kd_fixed0.5_w8a8",
              0.0),
             ("EKD 3:1 at fixed w_kd 0.5 >= EKD 3:1 with GoR", "ekd_fixed0.5_mtw_w8a8", "ekd_gorgrad_mtw_w8a8", 0.0),
-            ("GoR >= Ultralytics KD + 1 (FP)", "kd_gorgrad_fp", "ul_distill_fp", 1.0),
-            ("GoR >= Ultralytics KD + 1 (W8A8)", "kd_gorgrad_w8a8", "ul_distill_q8", 1.0),
+            ("GoR, scalar lr 0.01, >= Ultralytics KD + 1 (FP)", "kd_gorgrad_fp", "ul_distill_fp", 1.0),
+            ("GoR, scalar lr 0.01, >= Ultralytics KD + 1 (W8A8)", "kd_gorgrad_w8a8", "ul_distill_q8", 1.0),
             ("EKD-GoR, targets weighted per anchor by agreement with the labels, >= single-teacher GoR",
              "ekd_gorgrad_gtw_w8a8", "kd_gorgrad_w8a8", 0.0),
             ("EKD-GoR, per-anchor agreement shares >= fixed shares 3:1", "ekd_gorgrad_gtw_w8a8", "ekd_gorgrad_mtw_w8a8",
@@ -152,16 +164,16 @@ def targets(doc: str, rows: list[dict]) -> list[tuple[str, str, str, float]]:
              "ekd_gorgrad_mtw_v8sfeat_w8a8", "kd_gorgrad_w8a8", 0.0),
             ("EKD-GoR 3:1, features from YOLOv8s only >= from both teachers", "ekd_gorgrad_mtw_v8sfeat_w8a8",
              "ekd_gorgrad_mtw_w8a8", 0.0),
-            ("W4A4: GoR >= the best fixed weight (same seeds)", "kd_gorgrad_w4a4",
+            ("W4A4: GoR, scalar lr 0.01, >= the best fixed weight (same seeds)", "kd_gorgrad_w4a4",
              best4, 0.0),
             ("W4A4: KD at the best fixed weight >= QAT without KD", best4,
              "qat_w4a4", 0.0),
-            ("W4A4: GoR >= QAT without KD", "kd_gorgrad_w4a4", "qat_w4a4", 0.0),
-            ("W4A4: GoR >= fixed at the weights GoR settles at", "kd_gorgrad_w4a4", "kd_fixedgor_w4a4", 0.0),
-            ("W4A4: GoR with scalar lr 0.001 >= with lr 0.01", "kd_gorgradslow_w4a4", "kd_gorgrad_w4a4", 0.0),
-            ("W4A4: GoR with scalar lr 0.001 >= the best fixed weight", "kd_gorgradslow_w4a4",
-             best4, 0.0),
-            ("W4A4: EKD-GoR (3:1) >= single-teacher GoR", "ekd_gorgrad_mtw_w4a4", "kd_gorgrad_w4a4", 0.0)]
+            ("W4A4: GoR, scalar lr 0.01, >= QAT without KD", "kd_gorgrad_w4a4", "qat_w4a4", 0.0),
+            ("W4A4: GoR, scalar lr 0.01, >= fixed at the weights it settles at", "kd_gorgrad_w4a4", "kd_fixedgor_w4a4", 0.0),
+            ("W4A4: GoR (default) >= fixed at the weights GoR settles at", "kd_gorgradslow_w4a4", "kd_fixedgor_w4a4",
+             0.0),
+            ("W4A4: GoR with scalar lr 0.001 (default) >= with lr 0.01", "kd_gorgradslow_w4a4", "kd_gorgrad_w4a4", 0.0),
+            ("W4A4: EKD-GoR (3:1, features from both), scalar lr 0.01, >= single-teacher GoR", "ekd_gorgrad_mtw_w4a4", "kd_gorgrad_w4a4", 0.0)]
 
 
 def step_time_ratio(rows: list[dict], a: str, b: str) -> list[float]:
@@ -191,7 +203,8 @@ def targets_block(doc: str) -> str:
 
 GOR_RUNS = ["kd_gor_w8a8", "kd_gorgrad_w8a8", "kd_gorlook_w8a8", "kd_gorlooksplit_w8a8", "kd_gorgradslow_w8a8",
             "ekd_gorgrad_w8a8", "ekd_gorgrad_mt_w8a8", "ekd_gorgrad_mtw_w8a8", "ekd_gorgrad_gtw_w8a8", "ekd_gorgrad_mtw_v8sfeat_w8a8",
-            "kd_gorgrad_fp", "kd_gorgrad_w4a4", "kd_gorgradslow_w4a4", "ekd_gorgrad_mtw_w4a4"]  # learned balance
+            "kd_gorgrad_fp", "kd_gorgrad_w4a4", "kd_gorgradslow_w4a4", "ekd_gorgrad_mtw_w4a4",
+            "ekd_gorgradslow_mtw_v8sfeat_w8a8", "ekd_gorgradslow_mtw_v8sfeat_w4a4"]  # learned balance
 TASK, KD = ("box_loss", "cls_loss", "dfl_loss"), ("kd_feat", "kd_cls", "kd_box")
 
 
