@@ -26,6 +26,7 @@ sys.path.insert(0, str(ROOT / "bench"))
 from run import by_seed, pairs, per_seed, table, targets_table  # noqa: E402  (bench/run.py)
 
 OUT = ROOT / "bench/results/synthetic"  # committed: bench/run.py --results
+SUITE = ROOT / "bench/suites/synthetic.yaml"  # the rows' definitions
 REF = {"docs/quantization.md": "fp_v8n_ft", "docs/gor.md": "fp_v8n_ft"}  # paired-difference column against this row
 DOCS = {
     "docs/synthetic-benchmark.md": ["teacher_v8s", "teacher_v11s", "fp_v8n"],
@@ -34,7 +35,8 @@ DOCS = {
     "docs/gor.md": ["teacher_v8s", "teacher_v11s", "fp_v8n_ft", "qat_w8a8", "kd_fixed0.2_w8a8", "kd_fixed0.5_w8a8",
                     "kd_fixed1_w8a8", "kd_fixed2_w8a8", "kd_fixed8_w8a8", "kd_gor_w8a8", "kd_gorgrad_w8a8",
                     "kd_gorlook_w8a8", "kd_gorlooksplit_w8a8", "kd_gorgradslow_w8a8", "ekd_gorgrad_w8a8",
-                    "ekd_gorgrad_mt_w8a8", "ekd_gorgrad_mtw_w8a8", "ekd_gorgrad_mtw_v8sfeat_w8a8", "ekd_gorgrad_gtw_w8a8",
+                    "ekd_gorgrad_mt_w8a8", "ekd_gorgrad_mtw_w8a8", "ekd_gorgrad_mtw_v8sfeat_w8a8",
+                    "ekd_gorgrad_gtw_w8a8",
                     "ekd_fixed0.5_mtw_w8a8", "ul_distill_q8", "ul_distill_fp", "kd_gorgrad_fp", "qat_w4a4",
                     "kd_fixed0.5_w4a4", "kd_fixed1_w4a4", "kd_fixed2_w4a4", "kd_gorgrad_w4a4", "kd_fixedgor_w4a4",
                     "kd_gorgradslow_w4a4", "ekd_gorgrad_mtw_w4a4", "ekd_gorgradslow_mtw_v8sfeat_w8a8",
@@ -64,11 +66,13 @@ def block(names: list[str], ref: str | None) -> str:
             f"{ultralytics.__version__}  \nDate: rows run on {', '.join(days)}")
 
 
-FIXED_W8A8 = ["kd_fixed0.2_w8a8", "kd_fixed0.5_w8a8", "kd_fixed1_w8a8", "kd_fixed2_w8a8", "kd_fixed8_w8a8"]  # the fixed-weight sweep
+GOR_W8A8, GOR_W4A4 = "kd_gorgradslow_w8a8", "kd_gorgradslow_w4a4"  # GoR as it ships: gor_grad, scalar lr 0.001
+FIXED_W8A8 = ["kd_fixed0.2_w8a8", "kd_fixed0.5_w8a8", "kd_fixed1_w8a8", "kd_fixed2_w8a8",
+              "kd_fixed8_w8a8"]  # the fixed-weight sweep
 FIXED_W4A4 = ["kd_fixed0.5_w4a4", "kd_fixed1_w4a4", "kd_fixed2_w4a4"]  # the W4A4 sweep
 
 
-def sweep_runs(rows: list[dict], ref: str = "kd_gorgradslow_w8a8", fixed: list[str] = FIXED_W8A8) -> list[str]:
+def sweep_runs(rows: list[dict], ref: str = GOR_W8A8, fixed: list[str] = FIXED_W8A8) -> list[str]:
     """The rows of the fixed-weight sweep that ran at every seed ``ref`` (the GoR row they are compared with) ran: a
     weight run at fewer seeds (``kd_fixed8_w8a8``, two seeds in ``bench/reproduce.sh``) would otherwise shrink every
     comparison to its seeds. Without ``ref`` rows (or if no sweep row covers them), every sweep row that ran."""
@@ -78,7 +82,7 @@ def sweep_runs(rows: list[dict], ref: str = "kd_gorgradslow_w8a8", fixed: list[s
     return covering or ran
 
 
-def sweep_maps(rows: list[dict], ref: str = "kd_gorgradslow_w8a8",
+def sweep_maps(rows: list[dict], ref: str = GOR_W8A8,
                fixed: list[str] = FIXED_W8A8) -> tuple[dict[str, dict[int, float]], set[int]]:
     """``{row: {seed: mAP}}`` of :func:`sweep_runs` and the seeds every one of them has run (the same seeds for each,
     so a pick is not decided by which seeds a row happens to have)."""
@@ -86,7 +90,7 @@ def sweep_maps(rows: list[dict], ref: str = "kd_gorgradslow_w8a8",
     return m, (set.intersection(*(set(v) for v in m.values())) if m else set())
 
 
-def best_fixed(rows: list[dict], ref: str = "kd_gorgradslow_w8a8", fixed: list[str] = FIXED_W8A8) -> str:
+def best_fixed(rows: list[dict], ref: str = GOR_W8A8, fixed: list[str] = FIXED_W8A8) -> str:
     """The row of the fixed-weight sweep (``fixed``; W8A8 by default) with the highest mean mAP over the seeds the
     whole sweep has run (:func:`sweep_maps`)."""
     m, seeds = sweep_maps(rows, ref, fixed)
@@ -117,21 +121,29 @@ def targets(doc: str, rows: list[dict]) -> list[tuple[str, str, str, float]]:
         return [("QAT W8A8 within 0.5 of FP", "qat_w8a8", "fp_v8n_ft", -0.5),
                 ("QAT W8A8 above PTQ", "qat_w8a8", "ptq_w8a8", 0.0),
                 ("QAT W8A8 above Ultralytics quantize=8", "qat_w8a8", "ul_quantize8", 0.0)]
-    best8, best4 = best_fixed(rows), best_fixed(rows, "kd_gorgradslow_w4a4", FIXED_W4A4)
-    # kd_gorgradslow_*: GoR as it ships (gor_grad, scalar lr 0.001, the default since 2026-11-30); kd_gorgrad_*: lr 0.01
-    return [("GoR (default) >= the best fixed weight (picked on the same seeds)", "kd_gorgradslow_w8a8", best8, 0.0),
-            ("GoR (default) >= the fixed weight a sweep on the other seeds picks", "kd_gorgradslow_w8a8",
+    best8, best4 = best_fixed(rows), best_fixed(rows, GOR_W4A4, FIXED_W4A4)
+    # GOR_*: GoR as it ships (scalar lr 0.001, the default since 2026-11-30); kd_gorgrad_* and the other GoR rows: 0.01
+    return [("GoR (default) >= the best fixed weight (picked on the same seeds)", GOR_W8A8, best8, 0.0),
+            ("GoR (default) >= the fixed weight a sweep on the other seeds picks", GOR_W8A8,
              "kd_fixed_cv_w8a8", 0.0),
-            ("W8A8 GoR (default) >= FP without KD", "kd_gorgradslow_w8a8", "fp_v8n_ft", 0.0),
-            ("GoR (default) >= Ultralytics KD + 1 (W8A8)", "kd_gorgradslow_w8a8", "ul_distill_q8", 1.0),
+            ("W8A8 GoR (default) >= FP without KD", GOR_W8A8, "fp_v8n_ft", 0.0),
+            ("W8A8 GoR (default) >= QAT without KD", GOR_W8A8, "qat_w8a8", 0.0),
+            ("GoR (default) >= fixed w_kd 1", GOR_W8A8, "kd_fixed1_w8a8", 0.0),
+            ("GoR (default) >= fixed w_kd 0.2", GOR_W8A8, "kd_fixed0.2_w8a8", 0.0),
+            ("GoR (default) >= Ultralytics KD + 1 (W8A8)", GOR_W8A8, "ul_distill_q8", 1.0),
             ("EKD-GoR (default; 3:1 in the head terms, features from YOLOv8s) >= single-teacher GoR (default)",
-             "ekd_gorgradslow_mtw_v8sfeat_w8a8", "kd_gorgradslow_w8a8", 0.0),
+             "ekd_gorgradslow_mtw_v8sfeat_w8a8", GOR_W8A8, 0.0),
             ("EKD-GoR (as above), scalar lr 0.001 (default) >= lr 0.01", "ekd_gorgradslow_mtw_v8sfeat_w8a8",
              "ekd_gorgrad_mtw_v8sfeat_w8a8", 0.0),
-            ("W4A4: GoR (default) >= the best fixed weight (same seeds)", "kd_gorgradslow_w4a4", best4, 0.0),
-            ("W4A4: GoR (default) >= QAT without KD", "kd_gorgradslow_w4a4", "qat_w4a4", 0.0),
+            ("W4A4: GoR (default) >= the best fixed weight (same seeds)", GOR_W4A4, best4, 0.0),
+            ("W4A4: GoR (default) >= fixed w_kd 0.5", GOR_W4A4, "kd_fixed0.5_w4a4", 0.0),
+            ("W4A4: GoR (default) >= QAT without KD", GOR_W4A4, "qat_w4a4", 0.0),
             ("W4A4: EKD-GoR (default, as above) >= single-teacher GoR (default)", "ekd_gorgradslow_mtw_v8sfeat_w4a4",
-             "kd_gorgradslow_w4a4", 0.0),
+             GOR_W4A4, 0.0),
+            ("W4A4: EKD-GoR (default, as above) >= the best fixed weight (same seeds)",
+             "ekd_gorgradslow_mtw_v8sfeat_w4a4", best4, 0.0),
+            ("W4A4: EKD-GoR (default, as above) >= EKD-GoR 3:1, features from both, scalar lr 0.01",
+             "ekd_gorgradslow_mtw_v8sfeat_w4a4", "ekd_gorgrad_mtw_w4a4", 0.0),
             ("GoR, scalar lr 0.01, >= the best fixed weight (same seeds)", "kd_gorgrad_w8a8", best8, 0.0),
             ("GoR lookahead >= the best fixed weight (same seeds)", "kd_gorlook_w8a8", best8, 0.0),
             ("GoR lookahead >= the cross-validated fixed weight", "kd_gorlook_w8a8", "kd_fixed_cv_w8a8", 0.0),
@@ -143,7 +155,7 @@ def targets(doc: str, rows: list[dict]) -> list[tuple[str, str, str, float]]:
             ("GoR lookahead, split-batch >= next-batch transfer", "kd_gorlooksplit_w8a8", "kd_gorlook_w8a8", 0.0),
             ("GoR lookahead, split-batch transfer, >= GoR gradient-norm form", "kd_gorlooksplit_w8a8",
              "kd_gorgrad_w8a8", 0.0),
-            ("GoR gradient-norm form, scalar lr 0.001 (default) >= lr 0.01", "kd_gorgradslow_w8a8", "kd_gorgrad_w8a8", 0.0),
+            ("GoR gradient-norm form, scalar lr 0.001 (default) >= lr 0.01", GOR_W8A8, "kd_gorgrad_w8a8", 0.0),
             ("GoR gradient-norm form >= loss-value form", "kd_gorgrad_w8a8", "kd_gor_w8a8", 0.0),
             ("W8A8 GoR, scalar lr 0.01, >= FP without KD", "kd_gorgrad_w8a8", "fp_v8n_ft", 0.0),
             ("EKD-GoR >= single-teacher GoR", "ekd_gorgrad_w8a8", "kd_gorgrad_w8a8", 0.0),
@@ -164,16 +176,18 @@ def targets(doc: str, rows: list[dict]) -> list[tuple[str, str, str, float]]:
              "ekd_gorgrad_mtw_v8sfeat_w8a8", "kd_gorgrad_w8a8", 0.0),
             ("EKD-GoR 3:1, features from YOLOv8s only >= from both teachers", "ekd_gorgrad_mtw_v8sfeat_w8a8",
              "ekd_gorgrad_mtw_w8a8", 0.0),
-            ("W4A4: GoR, scalar lr 0.01, >= the best fixed weight (same seeds)", "kd_gorgrad_w4a4",
-             best4, 0.0),
-            ("W4A4: KD at the best fixed weight >= QAT without KD", best4,
-             "qat_w4a4", 0.0),
+            ("W4A4: GoR, scalar lr 0.01, >= the best fixed weight (same seeds)", "kd_gorgrad_w4a4", best4, 0.0),
+            *((f"W4A4: KD at fixed w_kd {n[len('kd_fixed'):-len('_w4a4')]} >= QAT without KD", n, "qat_w4a4", 0.0)
+              for n in FIXED_W4A4),
             ("W4A4: GoR, scalar lr 0.01, >= QAT without KD", "kd_gorgrad_w4a4", "qat_w4a4", 0.0),
-            ("W4A4: GoR, scalar lr 0.01, >= fixed at the weights it settles at", "kd_gorgrad_w4a4", "kd_fixedgor_w4a4", 0.0),
-            ("W4A4: GoR (default) >= fixed at the weights GoR settles at", "kd_gorgradslow_w4a4", "kd_fixedgor_w4a4",
+            ("W4A4: GoR, scalar lr 0.01, >= fixed at the weights it settles at", "kd_gorgrad_w4a4", "kd_fixedgor_w4a4",
              0.0),
-            ("W4A4: GoR with scalar lr 0.001 (default) >= with lr 0.01", "kd_gorgradslow_w4a4", "kd_gorgrad_w4a4", 0.0),
-            ("W4A4: EKD-GoR (3:1, features from both), scalar lr 0.01, >= single-teacher GoR", "ekd_gorgrad_mtw_w4a4", "kd_gorgrad_w4a4", 0.0)]
+            ("W4A4: GoR (default) >= fixed at the weights GoR settles at", GOR_W4A4, "kd_fixedgor_w4a4", 0.0),
+            ("W4A4: GoR with scalar lr 0.001 (default) >= with lr 0.01", GOR_W4A4, "kd_gorgrad_w4a4", 0.0),
+            ("W4A4: EKD-GoR (3:1, features from both), scalar lr 0.01, >= single-teacher GoR", "ekd_gorgrad_mtw_w4a4",
+             "kd_gorgrad_w4a4", 0.0),
+            ("W4A4: EKD-GoR (3:1, features from both), scalar lr 0.01, >= single-teacher GoR (default)",
+             "ekd_gorgrad_mtw_w4a4", GOR_W4A4, 0.0)]
 
 
 def step_time_ratio(rows: list[dict], a: str, b: str) -> list[float]:
@@ -201,10 +215,17 @@ def targets_block(doc: str) -> str:
             "`python bench/fill_docs.py`")
 
 
-GOR_RUNS = ["kd_gor_w8a8", "kd_gorgrad_w8a8", "kd_gorlook_w8a8", "kd_gorlooksplit_w8a8", "kd_gorgradslow_w8a8",
-            "ekd_gorgrad_w8a8", "ekd_gorgrad_mt_w8a8", "ekd_gorgrad_mtw_w8a8", "ekd_gorgrad_gtw_w8a8", "ekd_gorgrad_mtw_v8sfeat_w8a8",
-            "kd_gorgrad_fp", "kd_gorgrad_w4a4", "kd_gorgradslow_w4a4", "ekd_gorgrad_mtw_w4a4",
-            "ekd_gorgradslow_mtw_v8sfeat_w8a8", "ekd_gorgradslow_mtw_v8sfeat_w4a4"]  # learned balance
+def learned_balance(names: list[str], runs: list[dict]) -> list[str]:
+    """The rows of ``names`` (in that order) whose suite entry (``runs``: the suite's ``runs`` list) distils with a
+    learned balance: teachers set and ``gor.balance.method`` (default: BalanceCfg's) one of the GoR forms."""
+    from gor_det.balance import GoRBalancer
+    from gor_det.config import BalanceCfg
+
+    gor = {r["name"]: (r.get("overrides") or {}).get("gor") or {} for r in runs}
+    return [n for n in names if gor.get(n, {}).get("teachers")
+            and gor[n].get("balance", {}).get("method", BalanceCfg().method) in GoRBalancer.FORMS]
+
+
 TASK, KD = ("box_loss", "cls_loss", "dfl_loss"), ("kd_feat", "kd_cls", "kd_box")
 
 
@@ -213,7 +234,9 @@ def gor_weights_block() -> str:
     balance settled at, the ratio it amounts to, and that ratio (epoch means) over the epochs."""
     lines = ["| run | seed | w_task | w_kd | w_kd / w_task | per epoch | L_task | L_kd | L_task / L_kd |",
              "|---|---|---|---|---|---|---|---|---|"]
-    for n in GOR_RUNS:
+    from gor_det.config import load_yaml
+
+    for n in learned_balance(DOCS["docs/gor.md"], load_yaml(SUITE)["runs"]):
         for f in sorted((OUT / n).glob("seed*/results.csv")):
             with open(f) as fh:
                 epochs = [{k.strip(): float(v) for k, v in r.items()} for r in csv.DictReader(fh)]

@@ -13,9 +13,10 @@ two gradients and, for every ordered pair of distinct batches (A, B), the transf
 and ``ρ_k = <g_t^B, g_k^A> / |g_k^A|`` (how much a unit step along each term's batch-A gradient lowers batch B's task
 loss), averaged over the pairs, and the batch-consistent part of each gradient, ``|E g| = sqrt(mean <g^A, g^B>)``
 (the norm of the expected gradient: the per-batch noise cancels in the dot product of independent batches). With
-``--holdout DATA`` (or ``--holdout-seed K``: a fresh split of the bench preset) the same transfers are also measured to the task loss of un-augmented batches of that val split (images the student
-never trained on; eval-mode BN, the arithmetic the val mAP is scored with): ``ρ_j^H = <g_t^H, g_j^A> / |g_j^A|``
-averaged over training batches A and held-out batches H, i.e. the ratio a lookahead on held-out images would use.
+``--holdout DATA`` (or ``--holdout-seed K``: a fresh split of the bench preset) the same transfers are also measured
+to the task loss of un-augmented batches of that val split (images the student never trained on; eval-mode BN, the
+arithmetic the val mAP is scored with): ``ρ_j^H = <g_t^H, g_j^A> / |g_j^A|`` averaged over training batches A and
+held-out batches H, i.e. the ratio a lookahead on held-out images would use.
 Nothing is trained.
 """
 
@@ -95,17 +96,17 @@ def main():
         lt, lk, nt, nk = float(task.detach()), float(kd["kd"].detach()), float(g_t.norm()), float(g_k.norm())
         lines.append(f"| {i} | {lt:.3f} | {lk:.3f} | {lt / lk:.2f} | {nt:.4f} | {nk:.4f} | {nt / nk:.2f} | {cos:.3f} | "
                      f"{terms} |")
-    pairs = [(a_, b_) for a_ in range(len(flat)) for b_ in range(len(flat)) if a_ != b_]
-    rho_t = sum(float(flat[b_][0] @ flat[a_][0] / flat[a_][0].norm()) for a_, b_ in pairs) / len(pairs)
-    rho_k = sum(float(flat[b_][0] @ flat[a_][1] / flat[a_][1].norm()) for a_, b_ in pairs) / len(pairs)
-    n_t = sum(float(g[0].norm()) for g in flat) / len(flat)
-    n_k = sum(float(g[1].norm()) for g in flat) / len(flat)
+    # every dot product once: g_tt[b, a] = <g_t^B, g_t^A>, g_tk[b, a] = <g_t^B, g_k^A>, g_kk[b, a] = <g_k^B, g_k^A>
+    task_g, kd_g = torch.stack([g[0] for g in flat]), torch.stack([g[1] for g in flat])  # (batches, parameters)
+    g_tt, g_tk, g_kk = task_g @ task_g.T, task_g @ kd_g.T, kd_g @ kd_g.T
+    norm_t, norm_k = g_tt.diagonal().sqrt(), g_kk.diagonal().sqrt()
+    pairs = ~torch.eye(len(flat), dtype=torch.bool)  # the ordered pairs (B, A) of distinct batches
+    rho_t, rho_k = float((g_tt / norm_t)[pairs].mean()), float((g_tk / norm_k)[pairs].mean())  # column A / |g^A|
+    n_t, n_k = float(norm_t.mean()), float(norm_k.mean())
     # the batch-consistent part of each gradient: E<g^A, g^B> = |E g|^2 for independent batches A, B
-    dot_t = sum(float(flat[b_][0] @ flat[a_][0]) for a_, b_ in pairs) / len(pairs)
-    dot_k = sum(float(flat[b_][1] @ flat[a_][1]) for a_, b_ in pairs) / len(pairs)
-    sig_t, sig_k = max(dot_t, 0.0) ** 0.5, max(dot_k, 0.0) ** 0.5
+    sig_t, sig_k = (max(float(g[pairs].mean()), 0.0) ** 0.5 for g in (g_tt, g_kk))
     lines += ["", f"On the {sum(p.numel() for p in params)} parameters of the layers feeding the Detect head and of the "
-              f"head ({len(pairs)} ordered batch pairs):", "",
+              f"head ({int(pairs.sum())} ordered batch pairs):", "",
               "| mean n_t | mean n_k | n_t / n_k | rho_t | rho_k | a = rho_k / rho_t | gor_lookahead's w_kd / w_task |",
               "|---|---|---|---|---|---|---|",
               f"| {n_t:.4f} | {n_k:.4f} | {n_t / n_k:.2f} | {rho_t:.4f} | {rho_k:.4f} | {rho_k / rho_t:.2f} | "
@@ -132,11 +133,10 @@ def main():
             b["img"] = b["img"].float() / 255
             task = crit.base(student(b["img"]), b)[0].sum() / b["img"].shape[0]
             g_h.append(flat_gradient(task, params).double())
-        hp = [(g, f) for g in g_h for f in flat]
-        rho_th = sum(float(g @ f[0] / f[0].norm()) for g, f in hp) / len(hp)
-        rho_kh = sum(float(g @ f[1] / f[1].norm()) for g, f in hp) / len(hp)
-        lines += ["", f"Transfer to the task loss of {len(g_h)} held-out un-augmented batches of {a.holdout} (val split, "
-                  f"eval-mode BN; {len(hp)} pairs):", "",
+        held = torch.stack(g_h)  # (held-out batches, parameters)
+        rho_th, rho_kh = float((held @ task_g.T / norm_t).mean()), float((held @ kd_g.T / norm_k).mean())
+        lines += ["", f"Transfer to the task loss of {len(g_h)} held-out un-augmented batches of {a.holdout} "
+                  f"(val split, eval-mode BN; {len(g_h) * len(flat)} pairs):", "",
                   "| rho_t^H | rho_k^H | a^H = rho_k^H / rho_t^H | lookahead's w_kd / w_task with a^H |", "|---|---|---|---|",
                   f"| {rho_th:.4f} | {rho_kh:.4f} | {rho_kh / rho_th:.2f} | {rho_kh / rho_th * n_t / n_k:.2f} |"]
     lines += ["", f"Command: `python bench/grad_probe.py {' '.join(sys.argv[1:])}`  ",

@@ -92,9 +92,8 @@ class BalanceCfg:
     lr: float | None = 0.001  # own Adam/SGD lr of the two scalars (None: the trainer's lr). The scalars are
     # log-weights, their scale independent of the network's: own lr. Adam moves each by ~lr per step, so at 0.001 they
     # reach their optimum (log L, or log(n / n_bar): ~0.1-0.3 from the start) in a few hundred steps and then hold it;
-    # at 0.01 they get there ~10x sooner but keep moving by ~1% per step around it, which cost 0.4 +- 0.3 mAP50-95
-    # points at W4A4 and nothing measurable at W8A8 (docs/gor.md, Results). Runs of under ~300 steps (the demo) need
-    # the faster 0.01.
+    # at 0.01 they get there ~10x sooner but keep moving by ~1% per step around it, which cost accuracy at W4A4 and
+    # nothing measurable at W8A8 (the numbers: docs/gor.md, Results). Runs of under ~300 steps (the demo) need 0.01.
     grad_every: int = 4  # gor_grad, gor_lookahead: measure the two gradients every N training steps (each costs two
     # backward passes through the head, roughly half a QAT step on CPU); the last measurement is used in between
     transfer: str = "next"  # gor_lookahead: where a step's transfer to another batch's task loss is measured. next:

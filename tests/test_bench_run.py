@@ -162,3 +162,13 @@ def test_teacher_ensemble_fusion_rules():
     w_a = torch.tensor([0.75, 0.25])
     torch.testing.assert_close(te.fuse([a, b], "conf"), w_a * a + (1 - w_a) * b)
     torch.testing.assert_close(te.fuse([a, b], "static", [3.0, 1.0]), 0.75 * a + 0.25 * b)
+
+
+def test_learned_balance_rows_come_from_the_suite():
+    """The GoR-weights table lists the rows whose suite entry distils with a GoR form (default method included)."""
+    runs = [{"name": "fixed", "overrides": {"gor": {"teachers": ["t.pt"], "balance": {"method": "fixed"}}}},
+            {"name": "look", "overrides": {"gor": {"teachers": ["t.pt"], "balance": {"method": "gor_lookahead"}}}},
+            {"name": "default", "overrides": {"gor": {"teachers": ["t.pt"]}}},  # BalanceCfg's method: gor_grad
+            {"name": "qat", "overrides": {"gor": {"quant": {"w_bits": 8}}}},  # no teacher: nothing to balance
+            {"name": "ul", "kind": "ultralytics"}]
+    assert fill_docs.learned_balance(["ul", "default", "qat", "look", "fixed", "absent"], runs) == ["default", "look"]
