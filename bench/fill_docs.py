@@ -40,7 +40,7 @@ DOCS = {
                     "ekd_fixed0.5_mtw_w8a8", "ul_distill_q8", "ul_distill_fp", "kd_gorgrad_fp", "qat_w4a4",
                     "kd_fixed0.5_w4a4", "kd_fixed1_w4a4", "kd_fixed2_w4a4", "kd_gorgrad_w4a4", "kd_fixedgor_w4a4",
                     "kd_gorgradslow_w4a4", "ekd_gorgrad_mtw_w4a4", "ekd_gorgradslow_mtw_v8sfeat_w8a8",
-                    "ekd_gorgradslow_mtw_v8sfeat_w4a4"],
+                    "ekd_gorgradslow_mtw_v8sfeat_w4a4", "kd_gorlooksplit_w4a4", "kd_fixed0.2_w4a4"],
 }
 
 
@@ -69,7 +69,7 @@ def block(names: list[str], ref: str | None) -> str:
 GOR_W8A8, GOR_W4A4 = "kd_gorgradslow_w8a8", "kd_gorgradslow_w4a4"  # GoR as it ships: gor_grad, scalar lr 0.001
 FIXED_W8A8 = ["kd_fixed0.2_w8a8", "kd_fixed0.5_w8a8", "kd_fixed1_w8a8", "kd_fixed2_w8a8",
               "kd_fixed8_w8a8"]  # the fixed-weight sweep
-FIXED_W4A4 = ["kd_fixed0.5_w4a4", "kd_fixed1_w4a4", "kd_fixed2_w4a4"]  # the W4A4 sweep
+FIXED_W4A4 = ["kd_fixed0.2_w4a4", "kd_fixed0.5_w4a4", "kd_fixed1_w4a4", "kd_fixed2_w4a4"]  # the W4A4 sweep
 
 
 def sweep_runs(rows: list[dict], ref: str = GOR_W8A8, fixed: list[str] = FIXED_W8A8) -> list[str]:
@@ -130,6 +130,8 @@ def targets(doc: str, rows: list[dict]) -> list[tuple[str, str, str, float]]:
             ("W8A8 GoR (default) >= QAT without KD", GOR_W8A8, "qat_w8a8", 0.0),
             ("GoR (default) >= fixed w_kd 1", GOR_W8A8, "kd_fixed1_w8a8", 0.0),
             ("GoR (default) >= fixed w_kd 0.2", GOR_W8A8, "kd_fixed0.2_w8a8", 0.0),
+            ("GoR (default) >= fixed w_kd 2", GOR_W8A8, "kd_fixed2_w8a8", 0.0),
+            ("GoR (default) >= fixed w_kd 8", GOR_W8A8, "kd_fixed8_w8a8", 0.0),
             ("GoR (default) >= Ultralytics KD + 1 (W8A8)", GOR_W8A8, "ul_distill_q8", 1.0),
             ("EKD-GoR (default; 3:1 in the head terms, features from YOLOv8s) >= single-teacher GoR (default)",
              "ekd_gorgradslow_mtw_v8sfeat_w8a8", GOR_W8A8, 0.0),
@@ -138,6 +140,16 @@ def targets(doc: str, rows: list[dict]) -> list[tuple[str, str, str, float]]:
             ("W4A4: GoR (default) >= the best fixed weight (same seeds)", GOR_W4A4, best4, 0.0),
             ("W4A4: GoR (default) >= fixed w_kd 0.5", GOR_W4A4, "kd_fixed0.5_w4a4", 0.0),
             ("W4A4: GoR (default) >= QAT without KD", GOR_W4A4, "qat_w4a4", 0.0),
+            ("W4A4: fixed w_kd 1 >= fixed w_kd 0.5 (does the W4A4 sweep separate its two best weights?)",
+             "kd_fixed1_w4a4", "kd_fixed0.5_w4a4", 0.0),
+            ("W8A8: fixed w_kd 0.5 >= fixed w_kd 1 (does the W8A8 sweep?)", "kd_fixed0.5_w8a8", "kd_fixed1_w8a8",
+             0.0),
+            ("W4A4: GoR lookahead, split-batch transfer, >= the best fixed weight (same seeds)",
+             "kd_gorlooksplit_w4a4", best4, 0.0),
+            ("W4A4: GoR lookahead, split-batch transfer, >= GoR (default)", "kd_gorlooksplit_w4a4", GOR_W4A4, 0.0),
+            ("W4A4: fixed w_kd 0.2 (where a held-out-transfer form would settle) >= fixed w_kd 0.5",
+             "kd_fixed0.2_w4a4", "kd_fixed0.5_w4a4", 0.0),
+            ("W4A4: fixed w_kd 0.2 >= GoR (default)", "kd_fixed0.2_w4a4", GOR_W4A4, 0.0),
             ("W4A4: EKD-GoR (default, as above) >= single-teacher GoR (default)", "ekd_gorgradslow_mtw_v8sfeat_w4a4",
              GOR_W4A4, 0.0),
             ("W4A4: EKD-GoR (default, as above) >= the best fixed weight (same seeds)",

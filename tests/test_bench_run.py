@@ -46,10 +46,21 @@ def test_targets_table_verdicts():
     a_b, a_c, a_b6 = lines[2:]
     # mean +0.43, s.e. 0.35: above 0 by more than 1 s.e.
     assert "+0.50 / -0.20 / +1.00" in a_b and "+0.43 ± 0.35" in a_b and "2 of 3" in a_b and a_b.endswith("| met |")
+    # 95% interval with Student's t at 2 degrees of freedom (4.303), not the normal 1.96: -1.06 to +1.93
+    assert "| -1.06 to +1.93 |" in a_b and "| +2.00 to +2.00 |" in a_c
     # constant +2.00 (s.e. 0): clearly below +3
     assert "+2.00 ± 0.00" in a_c and "0 of 4" in a_c and a_c.endswith("| not met |")
     # mean +0.43 vs +0.6: short by less than its s.e.
     assert "1 of 3" in a_b6 and a_b6.endswith("| not met (inside 1 s.e.) |")
+
+
+def test_interval95_uses_student_t():
+    se = 0.35
+    lo, hi = bench_run.interval95(0.43, se, 3)
+    assert (hi - lo) / 2 == pytest.approx(4.302653 * se, rel=1e-6)  # t(0.975, df=2)
+    lo, hi = bench_run.interval95(-0.04, 0.06, 5)
+    assert lo == pytest.approx(-0.04 - 2.776445 * 0.06, rel=1e-6) and hi == pytest.approx(-0.04 + 2.776445 * 0.06)
+    assert all(math.isnan(x) for x in bench_run.interval95(0.5, float("nan"), 1))
 
 
 def test_table_paired_column_uses_the_reference_seeds():
@@ -112,7 +123,8 @@ def test_fixed_weight_picked_on_the_other_seeds():
     w4 = (rows("kd_fixed0.5_w4a4", {0: 0.26, 1: 0.25}) + rows("kd_fixed2_w4a4", {0: 0.25, 1: 0.27})
           + rows("kd_gorgrad_w4a4", {0: 0.2, 1: 0.2}))
     assert fill_docs.best_fixed(sweep + w4, "kd_gorgrad_w4a4", fill_docs.FIXED_W4A4) == "kd_fixed2_w4a4"
-    assert fill_docs.best_fixed(sweep, "kd_gorgrad_w4a4", fill_docs.FIXED_W4A4) == "kd_fixed0.5_w4a4"  # none ran
+    # none ran: the sweep's first row (the table then shows it as missing)
+    assert fill_docs.best_fixed(sweep, "kd_gorgrad_w4a4", fill_docs.FIXED_W4A4) == fill_docs.FIXED_W4A4[0]
 
 
 def test_step_time_ratio_per_shared_seed():
