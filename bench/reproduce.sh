@@ -25,14 +25,15 @@ $PY bench/run.py --suite $S --jobs 2 --seeds 5 6 --only fp_v8n fp_v8n_ft qat_w8a
   kd_fixed1_w8a8 kd_gorgradslow_w8a8 -- gor.threads=1
 # EKD with per-anchor label-agreement shares: four seeds (below the fixed shares on each of them)
 $PY bench/run.py --suite $S --jobs 2 --seeds 0 1 2 3 --only ekd_gorgrad_gtw_w8a8 -- gor.threads=1
-# W4A4: QAT, the sweep, GoR as it ships and fixed at the weights GoR settles at, seeds 0-4; GoR at lr 0.01 and
-# w_kd 0.2, seeds 0-3
+# W4A4: QAT, the sweep, GoR as it ships and fixed at the weights GoR settles at, seeds 0-4; GoR at lr 0.01,
+# w_kd 0.2 and the split lookahead, seeds 0-3
 $PY bench/run.py --suite $S --jobs 2 --seeds 0 1 2 3 4 --only qat_w4a4 kd_fixed0.5_w4a4 kd_fixed1_w4a4 kd_fixed2_w4a4 \
   kd_gorgradslow_w4a4 kd_fixedgor_w4a4 -- gor.threads=1
-$PY bench/run.py --suite $S --jobs 2 --seeds 0 1 2 3 --only kd_gorgrad_w4a4 kd_fixed0.2_w4a4 -- gor.threads=1
+$PY bench/run.py --suite $S --jobs 2 --seeds 0 1 2 3 --only kd_gorgrad_w4a4 kd_fixed0.2_w4a4 kd_gorlooksplit_w4a4 \
+  -- gor.threads=1
 # The other rows, seeds 0-1: bit widths, FP KD, Ultralytics' KD, W4A4 EKD, EKD at a fixed weight
 $PY bench/run.py --suite $S --jobs 2 --seeds 0 1 --only qat_w4a8 ptq_w4a4 ul_distill_fp kd_gorgrad_fp \
-  ul_distill_q8 ekd_gorgrad_mtw_w4a4 ekd_gorgradslow_mtw_v8sfeat_w4a4 ekd_fixed0.5_mtw_w8a8 kd_gorlooksplit_w4a4 \
+  ul_distill_q8 ekd_gorgrad_mtw_w4a4 ekd_gorgradslow_mtw_v8sfeat_w4a4 ekd_fixed0.5_mtw_w8a8 \
   -- gor.threads=1
 $PY bench/fill_docs.py
 # docs/gor.md, "Teacher ensembles": the teachers and their fused predictions scored on a fresh split (seed 1)
