@@ -225,8 +225,9 @@ def targets_table(rows: list[dict], targets: list[tuple[str, str, str, float]]) 
         if se == se and abs(m - thr) < se:
             verdict += " (inside 1 s.e.)"
         lo, hi = interval95(m, se, len(d))
-        lines.append(f"| {label}: `{a}` - `{b}` | {thr:+.1f} | {per_seed(d, '+.2f')} | {m:+.2f} ± {se:.2f} | "
-                     f"{lo:+.2f} to {hi:+.2f} | {sum(x >= thr for x in d)} of {len(d)} | {verdict} |")
+        ci = "-" if lo != lo else f"{lo:+.2f} to {hi:+.2f}"  # one seed: no interval
+        lines.append(f"| {label}: `{a}` - `{b}` | {thr:+.1f} | {per_seed(d, '+.2f')} | {m:+.2f} ± {se:.2f} | {ci} | "
+                     f"{sum(x >= thr for x in d)} of {len(d)} | {verdict} |")
     return "\n".join(lines) + "\n"
 
 

@@ -61,6 +61,8 @@ def test_interval95_uses_student_t():
     lo, hi = bench_run.interval95(-0.04, 0.06, 5)
     assert lo == pytest.approx(-0.04 - 2.776445 * 0.06, rel=1e-6) and hi == pytest.approx(-0.04 + 2.776445 * 0.06)
     assert all(math.isnan(x) for x in bench_run.interval95(0.5, float("nan"), 1))
+    one_seed = [{"name": "x", "seed": 0, "mAP50-95": 0.31}, {"name": "y", "seed": 0, "mAP50-95": 0.30}]
+    assert "| +1.00 ± nan | - | 1 of 1 |" in bench_run.targets_table(one_seed, [("X>=Y", "x", "y", 0.0)])
 
 
 def test_table_paired_column_uses_the_reference_seeds():
