@@ -61,6 +61,9 @@ def test_interval95_uses_student_t():
     lo, hi = bench_run.interval95(-0.04, 0.06, 5)
     assert lo == pytest.approx(-0.04 - 2.776445 * 0.06, rel=1e-6) and hi == pytest.approx(-0.04 + 2.776445 * 0.06)
     assert all(math.isnan(x) for x in bench_run.interval95(0.5, float("nan"), 1))
+    # stdlib quantile against published t(0.975, df) values, odd and even df and the df = 1 closed form
+    for df, q in [(1, 12.706205), (2, 4.302653), (3, 3.182446), (6, 2.446912), (7, 2.364624), (30, 2.042272)]:
+        assert bench_run.t_quantile975(df) == pytest.approx(q, rel=1e-6)
     one_seed = [{"name": "x", "seed": 0, "mAP50-95": 0.31}, {"name": "y", "seed": 0, "mAP50-95": 0.30}]
     assert "| +1.00 ± nan | - | 1 of 1 |" in bench_run.targets_table(one_seed, [("X>=Y", "x", "y", 0.0)])
 
