@@ -2,6 +2,8 @@
 
 import importlib.util
 import math
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -189,3 +191,24 @@ def test_learned_balance_rows_come_from_the_suite():
             {"name": "qat", "overrides": {"gor": {"quant": {"w_bits": 8}}}},  # no teacher: nothing to balance
             {"name": "ul", "kind": "ultralytics"}]
     assert fill_docs.learned_balance(["ul", "default", "qat", "look", "fixed", "absent"], runs) == ["default", "look"]
+
+
+def test_tables_need_only_the_core_install():
+    """The harness's tables run where only the core and dev extras are installed (CI): neither scipy nor the bench
+    extra (ModelOpt brings scipy in) may be imported by them. A stale dev venv with the extras cannot hide that."""
+    code = (
+        "import sys, importlib.abc, importlib.util\n"
+        "class Block(importlib.abc.MetaPathFinder):\n"
+        "    def find_spec(self, name, path=None, target=None):\n"
+        "        if name.split('.')[0] in ('scipy', 'modelopt', 'huggingface_hub'):\n"
+        "            raise ImportError('blocked: ' + name)\n"
+        "sys.meta_path.insert(0, Block())\n"
+        f"spec = importlib.util.spec_from_file_location('r', {str(Path(bench_run.__file__))!r})\n"
+        "r = importlib.util.module_from_spec(spec); spec.loader.exec_module(r)\n"
+        "rows = [{'name': n, 'seed': s, 'mAP50-95': 0.3 + 0.01 * s + (0.002 if n == 'x' else 0)}\n"
+        "        for n in ('x', 'y') for s in range(3)]\n"
+        "print(r.targets_table(rows, [('X>=Y', 'x', 'y', 0.0)]))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "+0.20 to +0.20" in out.stdout  # constant difference: zero-width interval
