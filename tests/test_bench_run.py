@@ -130,6 +130,10 @@ def test_fixed_weight_picked_on_the_other_seeds():
     w4 = (rows("kd_fixed0.5_w4a4", {0: 0.26, 1: 0.25}) + rows("kd_fixed2_w4a4", {0: 0.25, 1: 0.27})
           + rows("kd_gorgrad_w4a4", {0: 0.2, 1: 0.2}))
     assert fill_docs.best_fixed(sweep + w4, "kd_gorgrad_w4a4", fill_docs.FIXED_W4A4) == "kd_fixed2_w4a4"
+    # ... and so is its leave-one-seed-out pick: seed 0 scored with the pick of seed 1 (2), seed 1 with seed 0's (0.5)
+    cv4 = fill_docs.cross_validated_fixed(sweep + w4, "kd_gorgrad_w4a4", fill_docs.FIXED_W4A4, "cv4")
+    assert [(r["name"], r["seed"], r["pick"], r["mAP50-95"]) for r in cv4] == [
+        ("cv4", 0, "kd_fixed2_w4a4", 0.25), ("cv4", 1, "kd_fixed0.5_w4a4", 0.25)]
     # none ran: the sweep's first row (the table then shows it as missing)
     assert fill_docs.best_fixed(sweep, "kd_gorgrad_w4a4", fill_docs.FIXED_W4A4) == fill_docs.FIXED_W4A4[0]
 
