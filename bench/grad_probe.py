@@ -16,7 +16,12 @@ loss), averaged over the pairs, and the batch-consistent part of each gradient, 
 ``--holdout DATA`` (or ``--holdout-seed K``: a fresh split of the bench preset) the same transfers are also measured
 to the task loss of un-augmented batches of that val split (images the student never trained on; eval-mode BN, the
 arithmetic the val mAP is scored with): ``ρ_j^H = <g_t^H, g_j^A> / |g_j^A|`` averaged over training batches A and
-held-out batches H, i.e. the ratio a lookahead on held-out images would use.
+held-out batches H, i.e. the ratio a lookahead on held-out images would use. With ``--adam W_KD`` a last table looks at
+the two gradients as AdamW sees them: on every trainable parameter of the student (adapters and GoR scalars left
+out), each term's gradient divided elementwise by ``sqrt(v)``, ``v`` = the mean over the batches of the squared total
+gradient ``(g_t + W_KD g_k)^2`` (what Adam's second moment estimates when training at ``w_kd / w_task = W_KD``; Adam's
+update is invariant to the loss scale, so only such preconditioned shares decide how much each term moves the
+weights), and the ratio at which equal preconditioned norms (per batch, and of the batch-consistent parts) would settle.
 Nothing is trained.
 """
 
@@ -46,6 +51,8 @@ def main():
     ap.add_argument("--holdout-seed", type=int, help="held-out batches from a fresh split of the bench preset with this "
                     "seed (bench/teacher_ensemble.py's; instead of --holdout)")
     ap.add_argument("--holdout-batches", type=int, default=4)
+    ap.add_argument("--adam", type=float, metavar="W_KD", help="also the AdamW-preconditioned table, with Adam's second "
+                    "moment estimated for training at w_kd / w_task = W_KD")
     a = ap.parse_args()
     import torch
     from ultralytics.cfg import get_cfg
@@ -79,6 +86,8 @@ def main():
     student.train()
     params = [p for p in lookahead_parameters(student) if p.requires_grad]
     flat = []  # (g_t, g_k) on params, per batch
+    every = [p for n, p in student.named_parameters() if p.requires_grad and not n.startswith("kd.")]
+    full = []  # (g_t, g_k) on every trainable student parameter, per batch (--adam)
     lines = ["| batch | L_task | L_kd | L_task / L_kd | n_t | n_k | n_t / n_k | cos(g_t, g_k) | "
              + " | ".join(f"n({k})" for k in KD_KEYS) + " |", "|" + "---|" * (8 + len(KD_KEYS))]
     for i, b in enumerate(loader):
@@ -92,6 +101,8 @@ def main():
         g_t, g_k = flat_gradient(task, feats), flat_gradient(kd["kd"], feats)
         cos = float(g_t @ g_k / (g_t.norm() * g_k.norm()))
         flat.append((flat_gradient(task, params).double(), flat_gradient(kd["kd"], params).double()))
+        if a.adam is not None:
+            full.append((flat_gradient(task, every).double(), flat_gradient(kd["kd"], every).double()))
         terms = " | ".join(f"{float(gradient_norm(kd[k], feats)):.4f}" for k in KD_KEYS)
         lt, lk, nt, nk = float(task.detach()), float(kd["kd"].detach()), float(g_t.norm()), float(g_k.norm())
         lines.append(f"| {i} | {lt:.3f} | {lk:.3f} | {lt / lk:.2f} | {nt:.4f} | {nk:.4f} | {nt / nk:.2f} | {cos:.3f} | "
@@ -139,6 +150,8 @@ def main():
                   f"(val split, eval-mode BN; {len(g_h) * len(flat)} pairs):", "",
                   "| rho_t^H | rho_k^H | a^H = rho_k^H / rho_t^H | lookahead's w_kd / w_task with a^H |", "|---|---|---|---|",
                   f"| {rho_th:.4f} | {rho_kh:.4f} | {rho_kh / rho_th:.2f} | {rho_kh / rho_th * n_t / n_k:.2f} |"]
+    if a.adam is not None:
+        lines += adam_table(full, a.adam, sum(p.numel() for p in every))
     lines += ["", f"Command: `python bench/grad_probe.py {' '.join(sys.argv[1:])}`  ",
               f"Machine: {platform.machine()}, {a.threads} threads; batch {a.batch} at {a.imgsz} px  ",
               f"Date: {date.today()}", ""]
@@ -146,6 +159,27 @@ def main():
     out = Path("bench/out/grad_probe.md")
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text("\n".join(lines))
+
+
+def adam_table(full: list, w_kd: float, n_params: int) -> list[str]:
+    """Markdown lines: the two gradients of each batch (``full``: (g_t, g_k) flat float64 over the student's trainable
+    parameters) preconditioned by Adam's ``1 / sqrt(v)``, ``v = mean_batches (g_t + w_kd g_k)^2`` (eps 1e-16 so that
+    parameters no batch moves stay 0), and where equal preconditioned shares would put w_kd / w_task."""
+    import torch
+
+    t, k = torch.stack([g[0] for g in full]), torch.stack([g[1] for g in full])  # (batches, parameters)
+    inv = ((t + w_kd * k).pow(2).mean(0) + 1e-16).rsqrt()
+    pt, pk = t * inv, k * inv
+    p_t, p_k = float(pt.norm(dim=1).mean()), float(pk.norm(dim=1).mean())
+    pairs = ~torch.eye(len(full), dtype=torch.bool)
+    sig_t, sig_k = (max(float((g @ g.T)[pairs].mean()), 0.0) ** 0.5 for g in (pt, pk))
+    return ["", f"As AdamW sees them: on the student's {n_params} trainable parameters, each gradient divided by "
+            f"sqrt(v), v = mean over the {len(full)} batches of (g_t + {w_kd:g} g_k)^2; `p` = mean per-batch norm, "
+            "`sig` = norm of the batch-consistent part; w_kd / w_task where the weighted preconditioned norms are "
+            "equal:", "",
+            "| p_t | p_k | w_kd / w_task = p_t / p_k | sig_t | sig_k | w_kd / w_task = sig_t / sig_k |",
+            "|---|---|---|---|---|---|",
+            f"| {p_t:.1f} | {p_k:.1f} | {p_t / p_k:.2f} | {sig_t:.1f} | {sig_k:.1f} | {sig_t / max(sig_k, 1e-12):.2f} |"]
 
 
 if __name__ == "__main__":
