@@ -5,7 +5,7 @@
 #
 # Two single-thread jobs at a time fill the 2-core machine (--jobs 2, gor.threads=1); a row starts when the rows it
 # reads are trained (its seed's FP student, the teachers). Time on the 2-core VM: about 9.5 h for the key rows at
-# five seeds, 2 h for their two more seeds, 4.5 h for the W4A4 rows, 2 h for the rest at two seeds.
+# five seeds, 2.5 h for their two more seeds, 4.5 h for the W4A4 rows, 2 h for the rest at two seeds.
 set -e
 cd "$(dirname "$0")/.."
 S=bench/suites/synthetic.yaml
@@ -22,14 +22,14 @@ $PY bench/run.py --suite $S --jobs 2 --seeds 0 1 2 3 4 --only teacher_v8s fp_v8n
 # The main target's rows (GoR as it ships against the sweep's three best weights, FP and QAT without KD) and the
 # recommended EKD at two more seeds: each needs its own stage-1 FP student
 $PY bench/run.py --suite $S --jobs 2 --seeds 5 6 --only fp_v8n fp_v8n_ft qat_w8a8 kd_fixed0.2_w8a8 kd_fixed0.5_w8a8 \
-  kd_fixed1_w8a8 kd_gorgradslow_w8a8 ekd_gorgradslow_mtw_v8sfeat_w8a8 -- gor.threads=1
+  kd_fixed1_w8a8 kd_fixed2_w8a8 kd_fixed8_w8a8 kd_gorgradslow_w8a8 ekd_gorgradslow_mtw_v8sfeat_w8a8 -- gor.threads=1
 # EKD with per-anchor label-agreement shares: four seeds (below the fixed shares on each of them)
 $PY bench/run.py --suite $S --jobs 2 --seeds 0 1 2 3 --only ekd_gorgrad_gtw_w8a8 -- gor.threads=1
-# W4A4: QAT, the sweep and GoR as it ships, seeds 0-6; fixed at the weights GoR settles at and the split
-# lookahead, seeds 0-4; GoR at lr 0.01, seeds 0-3
+# W4A4: QAT, the sweep, GoR as it ships and the split lookahead, seeds 0-6; fixed at the weights GoR settles at,
+# seeds 0-4; GoR at lr 0.01, seeds 0-3
 $PY bench/run.py --suite $S --jobs 2 --seeds 0 1 2 3 4 5 6 --only qat_w4a4 kd_fixed0.2_w4a4 kd_fixed0.5_w4a4 \
-  kd_fixed1_w4a4 kd_fixed2_w4a4 kd_gorgradslow_w4a4 -- gor.threads=1
-$PY bench/run.py --suite $S --jobs 2 --seeds 0 1 2 3 4 --only kd_fixedgor_w4a4 kd_gorlooksplit_w4a4 -- gor.threads=1
+  kd_fixed1_w4a4 kd_fixed2_w4a4 kd_gorgradslow_w4a4 kd_gorlooksplit_w4a4 -- gor.threads=1
+$PY bench/run.py --suite $S --jobs 2 --seeds 0 1 2 3 4 --only kd_fixedgor_w4a4 -- gor.threads=1
 $PY bench/run.py --suite $S --jobs 2 --seeds 0 1 2 3 --only kd_gorgrad_w4a4 -- gor.threads=1
 # The other rows, seeds 0-1: bit widths, FP KD, Ultralytics' KD, W4A4 EKD, EKD at a fixed weight
 $PY bench/run.py --suite $S --jobs 2 --seeds 0 1 --only qat_w4a8 ptq_w4a4 ul_distill_fp kd_gorgrad_fp \
