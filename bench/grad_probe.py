@@ -88,6 +88,9 @@ def main():
     flat = []  # (g_t, g_k) on params, per batch
     every = [p for n, p in student.named_parameters() if p.requires_grad and not n.startswith("kd.")]
     full = []  # (g_t, g_k) on every trainable student parameter, per batch (--adam)
+    # params are among them: with --adam one backward per term over all of them gives both (params' part by this mask)
+    in_params = {id(p) for p in params}
+    params_mask = torch.cat([torch.full((p.numel(),), id(p) in in_params) for p in every])
     lines = ["| batch | L_task | L_kd | L_task / L_kd | n_t | n_k | n_t / n_k | cos(g_t, g_k) | "
              + " | ".join(f"n({k})" for k in KD_KEYS) + " |", "|" + "---|" * (8 + len(KD_KEYS))]
     for i, b in enumerate(loader):
@@ -100,9 +103,11 @@ def main():
         feats = s_out.feats
         g_t, g_k = flat_gradient(task, feats), flat_gradient(kd["kd"], feats)
         cos = float(g_t @ g_k / (g_t.norm() * g_k.norm()))
-        flat.append((flat_gradient(task, params).double(), flat_gradient(kd["kd"], params).double()))
-        if a.adam is not None:
+        if a.adam is None:
+            flat.append((flat_gradient(task, params).double(), flat_gradient(kd["kd"], params).double()))
+        else:
             full.append((flat_gradient(task, every).double(), flat_gradient(kd["kd"], every).double()))
+            flat.append((full[-1][0][params_mask], full[-1][1][params_mask]))
         terms = " | ".join(f"{float(gradient_norm(kd[k], feats)):.4f}" for k in KD_KEYS)
         lt, lk, nt, nk = float(task.detach()), float(kd["kd"].detach()), float(g_t.norm()), float(g_k.norm())
         lines.append(f"| {i} | {lt:.3f} | {lk:.3f} | {lt / lk:.2f} | {nt:.4f} | {nk:.4f} | {nt / nk:.2f} | {cos:.3f} | "
@@ -115,7 +120,7 @@ def main():
     rho_t, rho_k = float((g_tt / norm_t)[pairs].mean()), float((g_tk / norm_k)[pairs].mean())  # column A / |g^A|
     n_t, n_k = float(norm_t.mean()), float(norm_k.mean())
     # the batch-consistent part of each gradient: E<g^A, g^B> = |E g|^2 for independent batches A, B
-    sig_t, sig_k = (max(float(g[pairs].mean()), 0.0) ** 0.5 for g in (g_tt, g_kk))
+    sig_t, sig_k = consistent_norm(g_tt), consistent_norm(g_kk)
     lines += ["", f"On the {sum(p.numel() for p in params)} parameters of the layers feeding the Detect head and of the "
               f"head ({int(pairs.sum())} ordered batch pairs):", "",
               "| mean n_t | mean n_k | n_t / n_k | rho_t | rho_k | a = rho_k / rho_t | gor_lookahead's w_kd / w_task |",
@@ -161,18 +166,33 @@ def main():
     out.write_text("\n".join(lines))
 
 
-def adam_table(full: list, w_kd: float, n_params: int) -> list[str]:
-    """Markdown lines: the two gradients of each batch (``full``: (g_t, g_k) flat float64 over the student's trainable
-    parameters) preconditioned by Adam's ``1 / sqrt(v)``, ``v = mean_batches (g_t + w_kd g_k)^2`` (eps 1e-16 so that
-    parameters no batch moves stay 0), and where equal preconditioned shares would put w_kd / w_task."""
+def consistent_norm(gram) -> float:
+    """``|E g| = sqrt(mean over distinct batches A != B of <g^A, g^B>)`` from the Gram matrix ``gram`` (batches x
+    batches) of one term's per-batch gradients: the norm of the batch-consistent part (per-batch noise cancels in the
+    dot products of independent batches; 0 if the mean is negative)."""
+    import torch
+
+    pairs = ~torch.eye(gram.shape[0], dtype=torch.bool)
+    return max(float(gram[pairs].mean()), 0.0) ** 0.5
+
+
+def adam_shares(full: list, w_kd: float) -> tuple[float, float, float, float]:
+    """The two gradients of each batch (``full``: (g_t, g_k) flat float64 over the student's trainable parameters)
+    preconditioned by Adam's ``1 / sqrt(v)``, ``v = mean_batches (g_t + w_kd g_k)^2`` (eps 1e-16 so that parameters no
+    batch moves stay 0): ``(p_t, p_k, sig_t, sig_k)``, the mean per-batch norms and the batch-consistent norms
+    (:func:`consistent_norm`). Equal weighted shares put w_kd / w_task at ``p_t / p_k`` (or ``sig_t / sig_k``)."""
     import torch
 
     t, k = torch.stack([g[0] for g in full]), torch.stack([g[1] for g in full])  # (batches, parameters)
     inv = ((t + w_kd * k).pow(2).mean(0) + 1e-16).rsqrt()
     pt, pk = t * inv, k * inv
-    p_t, p_k = float(pt.norm(dim=1).mean()), float(pk.norm(dim=1).mean())
-    pairs = ~torch.eye(len(full), dtype=torch.bool)
-    sig_t, sig_k = (max(float((g @ g.T)[pairs].mean()), 0.0) ** 0.5 for g in (pt, pk))
+    return (float(pt.norm(dim=1).mean()), float(pk.norm(dim=1).mean()), consistent_norm(pt @ pt.T),
+            consistent_norm(pk @ pk.T))
+
+
+def adam_table(full: list, w_kd: float, n_params: int) -> list[str]:
+    """Markdown lines of :func:`adam_shares`."""
+    p_t, p_k, sig_t, sig_k = adam_shares(full, w_kd)
     return ["", f"As AdamW sees them: on the student's {n_params} trainable parameters, each gradient divided by "
             f"sqrt(v), v = mean over the {len(full)} batches of (g_t + {w_kd:g} g_k)^2; `p` = mean per-batch norm, "
             "`sig` = norm of the batch-consistent part; w_kd / w_task where the weighted preconditioned norms are "
@@ -180,7 +200,6 @@ def adam_table(full: list, w_kd: float, n_params: int) -> list[str]:
             "| p_t | p_k | w_kd / w_task = p_t / p_k | sig_t | sig_k | w_kd / w_task = sig_t / sig_k |",
             "|---|---|---|---|---|---|",
             f"| {p_t:.1f} | {p_k:.1f} | {p_t / p_k:.2f} | {sig_t:.1f} | {sig_k:.1f} | {sig_t / max(sig_k, 1e-12):.2f} |"]
-
 
 if __name__ == "__main__":
     main()

@@ -19,7 +19,7 @@ $PY bench/run.py --suite $S --jobs 2 --seeds 0 1 2 3 4 --only teacher_v8s fp_v8n
   kd_gorlook_w8a8 kd_gor_w8a8 kd_gorlooksplit_w8a8 teacher_v11s ekd_gorgrad_w8a8 ekd_gorgrad_mt_w8a8 \
   ekd_gorgrad_mtw_w8a8 ekd_gorgrad_mtw_v8sfeat_w8a8 kd_gorgradslow_w8a8 ekd_gorgradslow_mtw_v8sfeat_w8a8 \
   -- gor.threads=1
-# The main target's rows (GoR as it ships against the sweep's three best weights, FP and QAT without KD) and the
+# The main target's rows (GoR as it ships against the whole fixed-weight sweep, FP and QAT without KD) and the
 # recommended EKD at two more seeds: each needs its own stage-1 FP student
 $PY bench/run.py --suite $S --jobs 2 --seeds 5 6 --only fp_v8n fp_v8n_ft qat_w8a8 kd_fixed0.2_w8a8 kd_fixed0.5_w8a8 \
   kd_fixed1_w8a8 kd_fixed2_w8a8 kd_fixed8_w8a8 kd_gorgradslow_w8a8 ekd_gorgradslow_mtw_v8sfeat_w8a8 -- gor.threads=1
