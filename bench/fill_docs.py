@@ -40,7 +40,7 @@ DOCS = {
                     "ekd_fixed0.5_mtw_w8a8", "ul_distill_q8", "ul_distill_fp", "kd_gorgrad_fp", "qat_w4a4",
                     "kd_fixed0.5_w4a4", "kd_fixed1_w4a4", "kd_fixed2_w4a4", "kd_gorgrad_w4a4", "kd_fixedgor_w4a4",
                     "kd_gorgradslow_w4a4", "ekd_gorgrad_mtw_w4a4", "ekd_gorgradslow_mtw_v8sfeat_w8a8",
-                    "ekd_gorgradslow_mtw_v8sfeat_w4a4", "kd_gorlooksplit_w4a4", "kd_fixed0.2_w4a4"],
+                    "ekd_gorgradslow_mtw_v8sfeat_w4a4", "kd_gorlooksplit_w4a4", "kd_fixed0.2_w4a4", "kd_fixedgor_w8a8"],
 }
 
 
@@ -147,6 +147,10 @@ def targets(doc: str, rows: list[dict]) -> list[tuple[str, str, str, float]]:
              "kd_fixed1_w4a4", "kd_fixed0.5_w4a4", 0.0),
             ("W8A8: fixed w_kd 0.5 >= fixed w_kd 1 (does the W8A8 sweep?)", "kd_fixed0.5_w8a8", "kd_fixed1_w8a8",
              0.0),
+            ("W8A8: GoR (default) >= fixed at the weights it settles at (do the learned weights' movements cost?)",
+             GOR_W8A8, "kd_fixedgor_w8a8", 0.0),
+            ("W8A8: fixed at the weights GoR settles at >= fixed w_kd 0.5 (is the shortfall where GoR settles?)",
+             "kd_fixedgor_w8a8", "kd_fixed0.5_w8a8", 0.0),
             ("W4A4: GoR lookahead, split-batch transfer, >= the best fixed weight (same seeds)",
              "kd_gorlooksplit_w4a4", best4, 0.0),
             ("W4A4: GoR lookahead, split-batch transfer, >= GoR (default)", "kd_gorlooksplit_w4a4", GOR_W4A4, 0.0),
@@ -168,6 +172,7 @@ def targets(doc: str, rows: list[dict]) -> list[tuple[str, str, str, float]]:
             ("GoR lookahead, split-batch transfer, >= the cross-validated fixed weight", "kd_gorlooksplit_w8a8",
              "kd_fixed_cv_w8a8", 0.0),
             ("GoR lookahead, split-batch >= next-batch transfer", "kd_gorlooksplit_w8a8", "kd_gorlook_w8a8", 0.0),
+            ("GoR lookahead, split-batch transfer, >= GoR (default)", "kd_gorlooksplit_w8a8", GOR_W8A8, 0.0),
             ("GoR lookahead, split-batch transfer, >= GoR gradient-norm form", "kd_gorlooksplit_w8a8",
              "kd_gorgrad_w8a8", 0.0),
             ("GoR gradient-norm form, scalar lr 0.001 (default) >= lr 0.01", GOR_W8A8, "kd_gorgrad_w8a8", 0.0),
