@@ -40,7 +40,8 @@ DOCS = {
                     "ekd_fixed0.5_mtw_w8a8", "ul_distill_q8", "ul_distill_fp", "kd_gorgrad_fp", "qat_w4a4",
                     "kd_fixed0.5_w4a4", "kd_fixed1_w4a4", "kd_fixed2_w4a4", "kd_gorgrad_w4a4", "kd_fixedgor_w4a4",
                     "kd_gorgradslow_w4a4", "ekd_gorgrad_mtw_w4a4", "ekd_gorgradslow_mtw_v8sfeat_w8a8",
-                    "ekd_gorgradslow_mtw_v8sfeat_w4a4", "kd_gorlooksplit_w4a4", "kd_fixed0.2_w4a4", "kd_fixedgor_w8a8"],
+                    "ekd_gorgradslow_mtw_v8sfeat_w4a4", "kd_gorlooksplit_w4a4", "kd_fixed0.2_w4a4", "kd_fixedgor_w8a8",
+                    "kd_gorlook_w4a4"],
 }
 
 
@@ -167,6 +168,9 @@ def targets(doc: str, rows: list[dict]) -> list[tuple[str, str, str, float]]:
             ("GoR lookahead >= the best fixed weight (same seeds)", "kd_gorlook_w8a8", best8, 0.0),
             ("GoR lookahead >= the cross-validated fixed weight", "kd_gorlook_w8a8", "kd_fixed_cv_w8a8", 0.0),
             ("GoR lookahead >= GoR gradient-norm form", "kd_gorlook_w8a8", "kd_gorgrad_w8a8", 0.0),
+            ("GoR lookahead >= GoR (default)", "kd_gorlook_w8a8", GOR_W8A8, 0.0),
+            ("W4A4: GoR lookahead >= the best fixed weight (same seeds)", "kd_gorlook_w4a4", best4, 0.0),
+            ("W4A4: GoR lookahead >= GoR (default)", "kd_gorlook_w4a4", GOR_W4A4, 0.0),
             ("GoR lookahead, split-batch transfer, >= the best fixed weight (same seeds)", "kd_gorlooksplit_w8a8",
              best8, 0.0),
             ("GoR lookahead, split-batch transfer, >= the cross-validated fixed weight", "kd_gorlooksplit_w8a8",
