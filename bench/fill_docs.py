@@ -231,12 +231,19 @@ def step_time_line(rows: list[dict], a: str, b: str, max_ratio: float) -> str:
             f"{per_seed(r, '.2f')}, mean {m:.2f}x: {verdict}.\n")
 
 
+def distinct(checks: list[tuple[str, str, str, float]]) -> list[tuple[str, str, str, float]]:
+    """``checks`` without the lines that compare the same rows at the same threshold as an earlier line (e.g. "GoR >=
+    fixed w_kd 0.5" once the sweep's best weight, resolved by :func:`best_fixed`, is 0.5): the first label stays."""
+    seen = set()
+    return [c for c in checks if c[1:] not in seen and not seen.add(c[1:])]
+
+
 def targets_block(doc: str) -> str:
     rows, _ = rows_of(DOCS[doc])
     rows += cross_validated_fixed(rows) + cross_validated_fixed(rows, GOR_W4A4, FIXED_W4A4, "kd_fixed_cv_w4a4")
     steps = step_time_line(rows, "qat_w8a8", "fp_v8n_ft", 1.3) if doc == "docs/quantization.md" else ""
-    return (targets_table(rows, targets(doc, rows)) + steps + "\nFrom the rows of the table above; this table: "
-            "`python bench/fill_docs.py`")
+    return (targets_table(rows, distinct(targets(doc, rows))) + steps + "\nFrom the rows of the table above; this "
+            "table: `python bench/fill_docs.py`")
 
 
 def learned_balance(names: list[str], runs: list[dict]) -> list[str]:

@@ -86,11 +86,12 @@ def main():
     student.train()
     params = [p for p in lookahead_parameters(student) if p.requires_grad]
     flat = []  # (g_t, g_k) on params, per batch
-    every = [p for n, p in student.named_parameters() if p.requires_grad and not n.startswith("kd.")]
     full = []  # (g_t, g_k) on every trainable student parameter, per batch (--adam)
-    # params are among them: with --adam one backward per term over all of them gives both (params' part by this mask)
-    in_params = {id(p) for p in params}
-    params_mask = torch.cat([torch.full((p.numel(),), id(p) in in_params) for p in every])
+    if a.adam is not None:
+        every = [p for n, p in student.named_parameters() if p.requires_grad and not n.startswith("kd.")]
+        # params are among them: one backward per term over all of them gives both (params' part by this mask)
+        in_params = {id(p) for p in params}
+        params_mask = torch.cat([torch.full((p.numel(),), id(p) in in_params) for p in every])
     lines = ["| batch | L_task | L_kd | L_task / L_kd | n_t | n_k | n_t / n_k | cos(g_t, g_k) | "
              + " | ".join(f"n({k})" for k in KD_KEYS) + " |", "|" + "---|" * (8 + len(KD_KEYS))]
     for i, b in enumerate(loader):

@@ -187,6 +187,12 @@ def test_teacher_ensemble_fusion_rules():
     torch.testing.assert_close(te.fuse([a, b], "static", [3.0, 1.0]), 0.75 * a + 0.25 * b)
 
 
+def test_target_lines_comparing_the_same_rows_are_listed_once():
+    checks = [("best", "gor", "fixed0.5", 0.0), ("w 0.5", "gor", "fixed0.5", 0.0), ("w 1", "gor", "fixed1", 0.0),
+              ("+1", "gor", "fixed0.5", 1.0)]  # another threshold: another check
+    assert fill_docs.distinct(checks) == [checks[0], checks[2], checks[3]]
+
+
 def test_learned_balance_rows_come_from_the_suite():
     """The GoR-weights table lists the rows whose suite entry distils with a GoR form (default method included)."""
     runs = [{"name": "fixed", "overrides": {"gor": {"teachers": ["t.pt"], "balance": {"method": "fixed"}}}},
