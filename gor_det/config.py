@@ -89,11 +89,14 @@ class BalanceCfg:
     method: str = "gor_grad"  # fixed | gor | gor_norm | gor_grad | gor_lookahead | none (docs/gor.md)
     w_task: float = 1.0  # fixed weights (method=fixed) and the initial weights of the GoR forms (s = -log w)
     w_kd: float = 1.0
-    lr: float | None = 0.001  # own Adam/SGD lr of the two scalars (None: the trainer's lr). The scalars are
-    # log-weights, their scale independent of the network's: own lr. Adam moves each by ~lr per step, so at 0.001 they
-    # reach their optimum (log L, or log(n / n_bar): ~0.1-0.3 from the start) in a few hundred steps and then hold it;
-    # at 0.01 they get there ~10x sooner but keep moving by ~1% per step around it, which cost accuracy at W4A4 and
-    # nothing measurable at W8A8 (the numbers: docs/gor.md, Results). Runs of under ~300 steps (the demo) need 0.01.
+    lr: float | str | None = "auto"  # own Adam/SGD lr of the two scalars; auto: SCALAR_LR[method] (0.01 for
+    # gor_lookahead, 0.001 for the others); null: the trainer's lr. The scalars are log-weights, their scale independent
+    # of the network's: own lr. Adam moves each by ~lr per step. The gradient-norm forms reach their optimum (log L, or
+    # log(n / n_bar): ~0.1-0.3 from the start) in a few hundred steps at 0.001 and then hold it; at 0.01 they get there
+    # ~10x sooner but keep moving by ~1% per step around it, which cost accuracy at W4A4 and nothing measurable at W8A8.
+    # gor_lookahead's weights fall further (its ratio w_kd / w_task from 1 to ~0.1-0.25 on the benchmark: ~1.5-2.3 in
+    # log) and it needs 0.01 to get there in ~400 steps; it was benchmarked only at 0.01 (docs/gor.md, Results). Runs of
+    # under ~300 steps (the demo) need 0.01 whatever the form.
     grad_every: int = 4  # gor_grad, gor_lookahead: measure the two gradients every N training steps (each costs two
     # backward passes through the head, roughly half a QAT step on CPU); the last measurement is used in between
     transfer: str = "next"  # gor_lookahead: where a step's transfer to another batch's task loss is measured. next:
@@ -101,6 +104,17 @@ class BalanceCfg:
     # head region; the steps in between enter the measurement); split: between the two halves of the same batch, at
     # the same weights (the one-step lookahead as written; four backward passes: ~4x the measuring cost, same mAP on
     # the benchmark, docs/gor.md)
+
+
+    @property
+    def scalar_lr(self) -> float | None:
+        """The lr the two scalars train at: ``lr``, with ``auto`` resolved per form (:data:`SCALAR_LR`); None: the
+        trainer's lr."""
+        return SCALAR_LR.get(self.method, SCALAR_LR["default"]) if self.lr == "auto" else self.lr
+
+
+# gor.balance.lr: auto, per balance form: the scalar lr each form was benchmarked at (docs/gor.md, Results)
+SCALAR_LR = {"gor_lookahead": 0.01, "default": 0.001}
 
 
 @dataclass
@@ -188,9 +202,14 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
         if tp is type(None) or type(None) in args:
             return None
         raise ConfigError(f"{where} must not be empty (null)")
-    if args and type(None) in args:  # Optional[X] with a value: coerce to X
+    if args and type(None) in args:  # Optional[X] (or X | Y | None) with a value: the first of X, Y that takes it
         inner = [a for a in args if a is not type(None)]
-        return _coerce(value, inner[0], where)
+        for tp_i in inner[:-1]:
+            try:
+                return _coerce(value, tp_i, where)
+            except ConfigError:
+                pass
+        return _coerce(value, inner[-1], where)
     if dataclasses.is_dataclass(tp):
         if isinstance(tp, type) and tp is TeacherCfg and isinstance(value, str):
             value = {"model": value}
@@ -260,6 +279,11 @@ def parse_gor(section: dict | None) -> GorCfg:
     if cfg.teachers and cfg.distill.feat and not any(t.feat_share > 0 for t in cfg.teachers):
         raise ConfigError("every gor.teachers[].feat_weight is 0 but gor.distill.feat > 0: give one teacher a "
                           "positive feat_weight, or set gor.distill.feat: 0 to switch feature KD off")
+    if isinstance(cfg.balance.lr, str) and cfg.balance.lr != "auto":
+        raise ConfigError(f"gor.balance.lr={cfg.balance.lr!r} must be a number, auto (the form's benchmarked lr) or "
+                          "null (the trainer's lr)")
+    if isinstance(cfg.balance.lr, float) and not (math.isfinite(cfg.balance.lr) and cfg.balance.lr > 0):
+        raise ConfigError(f"gor.balance.lr={cfg.balance.lr} must be a positive number (e.g. 0.001), auto or null")
     if cfg.balance.grad_every < 1:
         raise ConfigError(f"gor.balance.grad_every={cfg.balance.grad_every} must be >= 1 (1: measure every step)")
     if cfg.export.calib_images < 1:

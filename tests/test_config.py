@@ -32,6 +32,18 @@ def test_full_section_and_overrides(tmp_path):
     assert run.to_dict()["gor"]["quant"]["w_bits"] == 4
 
 
+@pytest.mark.parametrize("balance, lr, scalar_lr", [
+    ({}, "auto", 0.001),  # gor_grad (the default form) at its benchmarked 0.001
+    ({"method": "gor_lookahead"}, "auto", 0.01),  # the lookahead was benchmarked at 0.01 only
+    ({"method": "gor_lookahead", "lr": 0.002}, 0.002, 0.002),  # an explicit lr wins
+    ({"method": "gor", "lr": "0.02"}, 0.02, 0.02),  # a number given as text (key=value overrides) is a number
+    ({"lr": None}, None, None),  # null: the trainer's lr
+])
+def test_scalar_lr_auto_resolves_per_form(balance, lr, scalar_lr):
+    b = parse_gor({"balance": balance}).balance
+    assert b.lr == lr and b.scalar_lr == scalar_lr
+
+
 def test_quant_shorthand():
     assert parse_gor({"quant": True}).quantizing
     assert not parse_gor({"quant": False}).quantizing
@@ -53,6 +65,8 @@ def test_quant_shorthand():
         (["gor.teachers=[{model: t.pt, feat_weight: -1}]"], "gor.teachers[0].feat_weight=-1.0 must be a number >= 0"),
         (["gor.teachers=[{model: a.pt, feat_weight: 0}, {model: b.pt, feat_weight: 0}]"],
          "every gor.teachers[].feat_weight is 0 but gor.distill.feat > 0"),
+        (["gor.balance.lr=fast"], "gor.balance.lr='fast' must be a number, auto (the form's benchmarked lr) or null"),
+        (["gor.balance.lr=0"], "gor.balance.lr=0.0 must be a positive number (e.g. 0.001), auto or null"),
         (["epochs"], "override 'epochs' must look like key=value"),
     ],
 )

@@ -62,6 +62,7 @@ def test_kd_gor_run_resume_and_plain_loadable(tiny_data, teacher_pt, tmp_path):
     assert "gor" in names
     gor_group = next(g for g in trainer.optimizer.param_groups if g.get("param_group") == "gor")
     assert gor_group["weight_decay"] == 0 and len(gor_group["params"]) == 2
+    assert gor_group["initial_lr"] == pytest.approx(0.05)  # gor.balance.lr, not the trainer's lr0
     s_task, s_kd = float(model.kd["gor"].s_task), float(model.kd["gor"].s_kd)
     assert s_task != 0.0 and s_kd != 0.0, "GoR scalars did not move"
     # the EMA holds the raw scalars, not an EMA-lagged value, and the transfer averages

@@ -110,7 +110,7 @@ class GorDetectionTrainer(DetectionTrainer):
         base_lr = optimizer.param_groups[0]["lr"]
         extra = []
         if self.gor.distilling and hasattr(m, "kd"):
-            extra.append(("gor", list(m.kd["gor"].parameters()), self.gor.balance.lr))
+            extra.append(("gor", list(m.kd["gor"].parameters()), self.gor.balance.scalar_lr))
         if self.gor.quantizing:
             extra.append(("quant_scale", [p for p in quant_scale_parameters(m) if p.requires_grad],
                           self.gor.quant.scale_lr))
