@@ -41,7 +41,7 @@ DOCS = {
                     "kd_fixed0.5_w4a4", "kd_fixed1_w4a4", "kd_fixed2_w4a4", "kd_gorgrad_w4a4", "kd_fixedgor_w4a4",
                     "kd_gorgradslow_w4a4", "ekd_gorgrad_mtw_w4a4", "ekd_gorgradslow_mtw_v8sfeat_w8a8",
                     "ekd_gorgradslow_mtw_v8sfeat_w4a4", "kd_gorlooksplit_w4a4", "kd_fixed0.2_w4a4", "kd_fixedgor_w8a8",
-                    "kd_gorlook_w4a4"],
+                    "kd_gorlook_w4a4", "ekd_gorlook_mtw_v8sfeat_w8a8"],
 }
 
 
@@ -67,7 +67,9 @@ def block(names: list[str], ref: str | None) -> str:
             f"{ultralytics.__version__}  \nDate: rows run on {', '.join(days)}")
 
 
-GOR_W8A8, GOR_W4A4 = "kd_gorgradslow_w8a8", "kd_gorgradslow_w4a4"  # GoR as it ships: gor_grad, scalar lr 0.001
+GOR_W8A8, GOR_W4A4 = "kd_gorlook_w8a8", "kd_gorlook_w4a4"  # GoR as it ships: gor_lookahead (next), scalar lr 0.01
+EKD_W8A8 = "ekd_gorlook_mtw_v8sfeat_w8a8"  # EKD-GoR as recommended: the same balance, 3:1 head targets, v8s features
+GRAD_W8A8, GRAD_W4A4 = "kd_gorgradslow_w8a8", "kd_gorgradslow_w4a4"  # gor_grad at lr 0.001: the default until 2026-11-30
 FIXED_W8A8 = ["kd_fixed0.2_w8a8", "kd_fixed0.5_w8a8", "kd_fixed1_w8a8", "kd_fixed2_w8a8",
               "kd_fixed8_w8a8"]  # the fixed-weight sweep
 FIXED_W4A4 = ["kd_fixed0.2_w4a4", "kd_fixed0.5_w4a4", "kd_fixed1_w4a4", "kd_fixed2_w4a4"]  # the W4A4 sweep
@@ -124,7 +126,8 @@ def targets(doc: str, rows: list[dict]) -> list[tuple[str, str, str, float]]:
                 ("QAT W8A8 above PTQ", "qat_w8a8", "ptq_w8a8", 0.0),
                 ("QAT W8A8 above Ultralytics quantize=8", "qat_w8a8", "ul_quantize8", 0.0)]
     best8, best4 = best_fixed(rows), best_fixed(rows, GOR_W4A4, FIXED_W4A4)
-    # GOR_*: GoR as it ships (scalar lr 0.001, the default since 2026-11-30); kd_gorgrad_* and the other GoR rows: 0.01
+    # GOR_*, EKD_*: GoR as it ships (gor_lookahead, transfer next, scalar lr auto = 0.01; the default since
+    # 2026-11-30); GRAD_*: gor_grad at scalar lr 0.001 (the default before); kd_gorgrad_* and the other GoR rows: 0.01
     return [("GoR (default) >= the best fixed weight (picked on the same seeds)", GOR_W8A8, best8, 0.0),
             ("GoR (default) >= the fixed weight a sweep on the other seeds picks", GOR_W8A8,
              "kd_fixed_cv_w8a8", 0.0),
@@ -136,50 +139,64 @@ def targets(doc: str, rows: list[dict]) -> list[tuple[str, str, str, float]]:
             ("GoR (default) >= fixed w_kd 8", GOR_W8A8, "kd_fixed8_w8a8", 0.0),
             ("GoR (default) >= Ultralytics KD + 1 (W8A8)", GOR_W8A8, "ul_distill_q8", 1.0),
             ("EKD-GoR (default; 3:1 in the head terms, features from YOLOv8s) >= single-teacher GoR (default)",
-             "ekd_gorgradslow_mtw_v8sfeat_w8a8", GOR_W8A8, 0.0),
-            ("EKD-GoR (as above), scalar lr 0.001 (default) >= lr 0.01", "ekd_gorgradslow_mtw_v8sfeat_w8a8",
-             "ekd_gorgrad_mtw_v8sfeat_w8a8", 0.0),
+             EKD_W8A8, GOR_W8A8, 0.0),
+            ("EKD-GoR (default, as above) >= the same ensemble with gor_grad, scalar lr 0.001", EKD_W8A8,
+             "ekd_gorgradslow_mtw_v8sfeat_w8a8", 0.0),
+            ("EKD-GoR (default, as above) >= the best fixed weight with one teacher (same seeds)", EKD_W8A8, best8,
+             0.0),
+            ("GoR (default) >= gor_grad, scalar lr 0.001 (the default before)", GOR_W8A8, GRAD_W8A8, 0.0),
             ("W4A4: GoR (default) >= the best fixed weight (same seeds)", GOR_W4A4, best4, 0.0),
             ("W4A4: GoR (default) >= the fixed weight a sweep on the other seeds picks", GOR_W4A4,
              "kd_fixed_cv_w4a4", 0.0),
             ("W4A4: GoR (default) >= fixed w_kd 0.5", GOR_W4A4, "kd_fixed0.5_w4a4", 0.0),
             ("W4A4: GoR (default) >= QAT without KD", GOR_W4A4, "qat_w4a4", 0.0),
+            ("W4A4: GoR (default) >= gor_grad, scalar lr 0.001", GOR_W4A4, GRAD_W4A4, 0.0),
             ("W4A4: fixed w_kd 1 >= fixed w_kd 0.5 (does the W4A4 sweep separate its two best weights?)",
              "kd_fixed1_w4a4", "kd_fixed0.5_w4a4", 0.0),
             ("W8A8: fixed w_kd 0.5 >= fixed w_kd 1 (does the W8A8 sweep?)", "kd_fixed0.5_w8a8", "kd_fixed1_w8a8",
              0.0),
-            ("W8A8: GoR (default) >= fixed at the weights it settles at (do the learned weights' movements cost?)",
-             GOR_W8A8, "kd_fixedgor_w8a8", 0.0),
-            ("W8A8: fixed at the weights GoR settles at >= fixed w_kd 0.5 (is the shortfall where GoR settles?)",
-             "kd_fixedgor_w8a8", "kd_fixed0.5_w8a8", 0.0),
+            ("gor_grad, scalar lr 0.001, >= the best fixed weight (same seeds)", GRAD_W8A8, best8, 0.0),
+            ("gor_grad, scalar lr 0.001, >= the fixed weight a sweep on the other seeds picks", GRAD_W8A8,
+             "kd_fixed_cv_w8a8", 0.0),
+            ("W8A8 gor_grad, scalar lr 0.001, >= FP without KD", GRAD_W8A8, "fp_v8n_ft", 0.0),
+            ("gor_grad, scalar lr 0.001, >= Ultralytics KD + 1 (W8A8)", GRAD_W8A8, "ul_distill_q8", 1.0),
+            ("W8A8: gor_grad, scalar lr 0.001, >= fixed at the weights it settles at (do the learned weights' "
+             "movements cost?)", GRAD_W8A8, "kd_fixedgor_w8a8", 0.0),
+            ("W8A8: fixed at the weights gor_grad settles at >= fixed w_kd 0.5 (is gor_grad's shortfall where it "
+             "settles?)", "kd_fixedgor_w8a8", "kd_fixed0.5_w8a8", 0.0),
+            ("EKD-GoR with gor_grad, scalar lr 0.001 (3:1 in the head terms, features from YOLOv8s) >= "
+             "single-teacher gor_grad, lr 0.001", "ekd_gorgradslow_mtw_v8sfeat_w8a8", GRAD_W8A8, 0.0),
+            ("EKD-GoR with gor_grad (as above), scalar lr 0.001 >= lr 0.01", "ekd_gorgradslow_mtw_v8sfeat_w8a8",
+             "ekd_gorgrad_mtw_v8sfeat_w8a8", 0.0),
+            ("W4A4: gor_grad, scalar lr 0.001, >= the best fixed weight (same seeds)", GRAD_W4A4, best4, 0.0),
+            ("W4A4: gor_grad, scalar lr 0.001, >= QAT without KD", GRAD_W4A4, "qat_w4a4", 0.0),
             ("W4A4: GoR lookahead, split-batch transfer, >= the best fixed weight (same seeds)",
              "kd_gorlooksplit_w4a4", best4, 0.0),
-            ("W4A4: GoR lookahead, split-batch transfer, >= GoR (default)", "kd_gorlooksplit_w4a4", GOR_W4A4, 0.0),
+            ("W4A4: GoR lookahead, split-batch transfer, >= next-batch transfer (default)", "kd_gorlooksplit_w4a4",
+             GOR_W4A4, 0.0),
+            ("W4A4: GoR lookahead, split-batch transfer, >= gor_grad, scalar lr 0.001", "kd_gorlooksplit_w4a4",
+             GRAD_W4A4, 0.0),
             ("W4A4: fixed w_kd 0.2 (where a held-out-transfer form would settle) >= fixed w_kd 0.5",
              "kd_fixed0.2_w4a4", "kd_fixed0.5_w4a4", 0.0),
-            ("W4A4: fixed w_kd 0.2 >= GoR (default)", "kd_fixed0.2_w4a4", GOR_W4A4, 0.0),
-            ("W4A4: EKD-GoR (default, as above) >= single-teacher GoR (default)", "ekd_gorgradslow_mtw_v8sfeat_w4a4",
-             GOR_W4A4, 0.0),
-            ("W4A4: EKD-GoR (default, as above) >= the best fixed weight (same seeds)",
+            ("W4A4: fixed w_kd 0.2 >= gor_grad, scalar lr 0.001", "kd_fixed0.2_w4a4", GRAD_W4A4, 0.0),
+            ("W4A4: EKD-GoR with gor_grad, scalar lr 0.001 (as above) >= single-teacher gor_grad, lr 0.001",
+             "ekd_gorgradslow_mtw_v8sfeat_w4a4", GRAD_W4A4, 0.0),
+            ("W4A4: EKD-GoR with gor_grad, scalar lr 0.001 (as above) >= the best fixed weight (same seeds)",
              "ekd_gorgradslow_mtw_v8sfeat_w4a4", best4, 0.0),
-            ("W4A4: EKD-GoR (default, as above) >= EKD-GoR 3:1, features from both, scalar lr 0.01",
-             "ekd_gorgradslow_mtw_v8sfeat_w4a4", "ekd_gorgrad_mtw_w4a4", 0.0),
+            ("W4A4: EKD-GoR with gor_grad, scalar lr 0.001 (as above) >= EKD-GoR 3:1, features from both, scalar "
+             "lr 0.01", "ekd_gorgradslow_mtw_v8sfeat_w4a4", "ekd_gorgrad_mtw_w4a4", 0.0),
             ("GoR, scalar lr 0.01, >= the best fixed weight (same seeds)", "kd_gorgrad_w8a8", best8, 0.0),
-            ("GoR lookahead >= the best fixed weight (same seeds)", "kd_gorlook_w8a8", best8, 0.0),
-            ("GoR lookahead >= the cross-validated fixed weight", "kd_gorlook_w8a8", "kd_fixed_cv_w8a8", 0.0),
-            ("GoR lookahead >= GoR gradient-norm form", "kd_gorlook_w8a8", "kd_gorgrad_w8a8", 0.0),
-            ("GoR lookahead >= GoR (default)", "kd_gorlook_w8a8", GOR_W8A8, 0.0),
-            ("W4A4: GoR lookahead >= the best fixed weight (same seeds)", "kd_gorlook_w4a4", best4, 0.0),
-            ("W4A4: GoR lookahead >= GoR (default)", "kd_gorlook_w4a4", GOR_W4A4, 0.0),
+            ("GoR (default) >= gor_grad, scalar lr 0.01", GOR_W8A8, "kd_gorgrad_w8a8", 0.0),
             ("GoR lookahead, split-batch transfer, >= the best fixed weight (same seeds)", "kd_gorlooksplit_w8a8",
              best8, 0.0),
             ("GoR lookahead, split-batch transfer, >= the cross-validated fixed weight", "kd_gorlooksplit_w8a8",
              "kd_fixed_cv_w8a8", 0.0),
-            ("GoR lookahead, split-batch >= next-batch transfer", "kd_gorlooksplit_w8a8", "kd_gorlook_w8a8", 0.0),
-            ("GoR lookahead, split-batch transfer, >= GoR (default)", "kd_gorlooksplit_w8a8", GOR_W8A8, 0.0),
-            ("GoR lookahead, split-batch transfer, >= GoR gradient-norm form", "kd_gorlooksplit_w8a8",
+            ("GoR lookahead, split-batch >= next-batch transfer (default)", "kd_gorlooksplit_w8a8", GOR_W8A8, 0.0),
+            ("GoR lookahead, split-batch transfer, >= gor_grad, scalar lr 0.001", "kd_gorlooksplit_w8a8", GRAD_W8A8,
+             0.0),
+            ("GoR lookahead, split-batch transfer, >= gor_grad, scalar lr 0.01", "kd_gorlooksplit_w8a8",
              "kd_gorgrad_w8a8", 0.0),
-            ("GoR gradient-norm form, scalar lr 0.001 (default) >= lr 0.01", GOR_W8A8, "kd_gorgrad_w8a8", 0.0),
+            ("gor_grad, scalar lr 0.001 >= lr 0.01", GRAD_W8A8, "kd_gorgrad_w8a8", 0.0),
             ("GoR gradient-norm form >= loss-value form", "kd_gorgrad_w8a8", "kd_gor_w8a8", 0.0),
             ("W8A8 GoR, scalar lr 0.01, >= FP without KD", "kd_gorgrad_w8a8", "fp_v8n_ft", 0.0),
             ("EKD-GoR >= single-teacher GoR", "ekd_gorgrad_w8a8", "kd_gorgrad_w8a8", 0.0),
@@ -206,12 +223,13 @@ def targets(doc: str, rows: list[dict]) -> list[tuple[str, str, str, float]]:
             ("W4A4: GoR, scalar lr 0.01, >= QAT without KD", "kd_gorgrad_w4a4", "qat_w4a4", 0.0),
             ("W4A4: GoR, scalar lr 0.01, >= fixed at the weights it settles at", "kd_gorgrad_w4a4", "kd_fixedgor_w4a4",
              0.0),
-            ("W4A4: GoR (default) >= fixed at the weights GoR settles at", GOR_W4A4, "kd_fixedgor_w4a4", 0.0),
-            ("W4A4: GoR with scalar lr 0.001 (default) >= with lr 0.01", GOR_W4A4, "kd_gorgrad_w4a4", 0.0),
+            ("W4A4: gor_grad, scalar lr 0.001, >= fixed at the weights gor_grad (lr 0.01) settles at", GRAD_W4A4,
+             "kd_fixedgor_w4a4", 0.0),
+            ("W4A4: gor_grad with scalar lr 0.001 >= with lr 0.01", GRAD_W4A4, "kd_gorgrad_w4a4", 0.0),
             ("W4A4: EKD-GoR (3:1, features from both), scalar lr 0.01, >= single-teacher GoR", "ekd_gorgrad_mtw_w4a4",
              "kd_gorgrad_w4a4", 0.0),
-            ("W4A4: EKD-GoR (3:1, features from both), scalar lr 0.01, >= single-teacher GoR (default)",
-             "ekd_gorgrad_mtw_w4a4", GOR_W4A4, 0.0)]
+            ("W4A4: EKD-GoR (3:1, features from both), scalar lr 0.01, >= single-teacher gor_grad, lr 0.001",
+             "ekd_gorgrad_mtw_w4a4", GRAD_W4A4, 0.0)]
 
 
 def step_time_ratio(rows: list[dict], a: str, b: str) -> list[float]:

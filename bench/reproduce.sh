@@ -5,7 +5,8 @@
 #
 # Two single-thread jobs at a time fill the 2-core machine (--jobs 2, gor.threads=1); a row starts when the rows it
 # reads are trained (its seed's FP student, the teachers). Time on the 2-core VM: about 9.5 h for the key rows at
-# five seeds, 3 h for their two more seeds, 1 h for fixed-at-GoR and Ultralytics' KD at seven, 5 h for the W4A4
+# five seeds, 3 h for their two more seeds, 1 h for fixed-at-GoR and Ultralytics' KD at seven,
+# 0.5 h for EKD with the default balance, 5 h for the W4A4
 # rows, 2 h for the rest at two seeds.
 set -e
 cd "$(dirname "$0")/.."
@@ -29,6 +30,8 @@ $PY bench/run.py --suite $S --jobs 2 --seeds 5 6 --only fp_v8n fp_v8n_ft qat_w8a
 # Where GoR's W8A8 shortfall comes from (fixed at the weights it settles at) and Ultralytics' KD + quantize=8 (the
 # peer of the GoR >= Ultralytics + 1 target), seeds 0-6
 $PY bench/run.py --suite $S --jobs 2 --seeds 0 1 2 3 4 5 6 --only kd_fixedgor_w8a8 ul_distill_q8 -- gor.threads=1
+# EKD with the default balance (gor_lookahead, next): the recommended ensemble, seeds 0-2
+$PY bench/run.py --suite $S --jobs 2 --seeds 0 1 2 --only ekd_gorlook_mtw_v8sfeat_w8a8 -- gor.threads=1
 # EKD with per-anchor label-agreement shares: four seeds (below the fixed shares on each of them)
 $PY bench/run.py --suite $S --jobs 2 --seeds 0 1 2 3 --only ekd_gorgrad_gtw_w8a8 -- gor.threads=1
 # W4A4: QAT, the sweep, GoR as it ships and both lookaheads, seeds 0-6; fixed at the weights GoR settles at,

@@ -86,7 +86,8 @@ class BalanceCfg:
     gradient shares set by each term's measured transfer to another batch's task loss. ``none``: task loss only.
     """
 
-    method: str = "gor_grad"  # fixed | gor | gor_norm | gor_grad | gor_lookahead | none (docs/gor.md)
+    method: str = "gor_lookahead"  # gor_lookahead | gor_grad | gor | gor_norm | fixed | none (docs/gor.md). The
+    # default since 2026-11-30 (gor_grad before): the one form level with the best fixed weight of the benchmark's sweep
     w_task: float = 1.0  # fixed weights (method=fixed) and the initial weights of the GoR forms (s = -log w)
     w_kd: float = 1.0
     lr: float | str | None = "auto"  # own Adam/SGD lr of the two scalars; auto: SCALAR_LR[method] (0.01 for

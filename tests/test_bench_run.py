@@ -122,7 +122,7 @@ def test_fixed_weight_picked_on_the_other_seeds():
         (0, "kd_fixed0.5_w8a8", 0.30), (1, "kd_fixed2_w8a8", 0.33), (2, "kd_fixed0.5_w8a8", 0.31)]
     assert fill_docs.best_fixed(sweep) == "kd_fixed0.5_w8a8"  # in hindsight, on the same seeds: 1.01 vs 0.98
     # a weight run at fewer seeds is left out of the pick rather than shrinking it to its seeds
-    sweep += rows("kd_fixed8_w8a8", {0: 0.9, 1: 0.9}) + rows("kd_gorgradslow_w8a8", {0: 0.3, 1: 0.3, 2: 0.3})
+    sweep += rows("kd_fixed8_w8a8", {0: 0.9, 1: 0.9}) + rows(fill_docs.GOR_W8A8, {0: 0.3, 1: 0.3, 2: 0.3})
     assert fill_docs.sweep_runs(sweep) == ["kd_fixed0.5_w8a8", "kd_fixed2_w8a8"]
     assert fill_docs.best_fixed(sweep) == "kd_fixed0.5_w8a8"
     assert [r["seed"] for r in fill_docs.cross_validated_fixed(sweep)] == [0, 1, 2]
@@ -197,7 +197,7 @@ def test_learned_balance_rows_come_from_the_suite():
     """The GoR-weights table lists the rows whose suite entry distils with a GoR form (default method included)."""
     runs = [{"name": "fixed", "overrides": {"gor": {"teachers": ["t.pt"], "balance": {"method": "fixed"}}}},
             {"name": "look", "overrides": {"gor": {"teachers": ["t.pt"], "balance": {"method": "gor_lookahead"}}}},
-            {"name": "default", "overrides": {"gor": {"teachers": ["t.pt"]}}},  # BalanceCfg's method: gor_grad
+            {"name": "default", "overrides": {"gor": {"teachers": ["t.pt"]}}},  # BalanceCfg's method: gor_lookahead
             {"name": "qat", "overrides": {"gor": {"quant": {"w_bits": 8}}}},  # no teacher: nothing to balance
             {"name": "ul", "kind": "ultralytics"}]
     assert fill_docs.learned_balance(["ul", "default", "qat", "look", "fixed", "absent"], runs) == ["default", "look"]

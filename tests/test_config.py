@@ -33,8 +33,8 @@ def test_full_section_and_overrides(tmp_path):
 
 
 @pytest.mark.parametrize("balance, lr, scalar_lr", [
-    ({}, "auto", 0.001),  # gor_grad (the default form) at its benchmarked 0.001
-    ({"method": "gor_lookahead"}, "auto", 0.01),  # the lookahead was benchmarked at 0.01 only
+    ({}, "auto", 0.01),  # gor_lookahead (the default form) was benchmarked at 0.01 only
+    ({"method": "gor_grad"}, "auto", 0.001),  # gor_grad at its benchmarked 0.001
     ({"method": "gor_lookahead", "lr": 0.002}, 0.002, 0.002),  # an explicit lr wins
     ({"method": "gor", "lr": "0.02"}, 0.02, 0.02),  # a number given as text (key=value overrides) is a number
     ({"lr": None}, None, None),  # null: the trainer's lr
