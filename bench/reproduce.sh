@@ -5,9 +5,8 @@
 #
 # Two single-thread jobs at a time fill the 2-core machine (--jobs 2, gor.threads=1); a row starts when the rows it
 # reads are trained (its seed's FP student, the teachers). Time on the 2-core VM: about 9.5 h for the key rows at
-# five seeds, 3 h for their two more seeds, 1 h for fixed-at-GoR and Ultralytics' KD at seven,
-# 0.5 h for EKD with the default balance, 5 h for the W4A4
-# rows, 2 h for the rest at two seeds.
+# five seeds, 3 h for their two more seeds, 1 h for fixed-at-GoR and Ultralytics' KD at seven, 0.5 h for EKD with
+# the default balance, 5 h for the W4A4 rows, 2 h for the rest at two seeds.
 set -e
 cd "$(dirname "$0")/.."
 S=bench/suites/synthetic.yaml
@@ -34,8 +33,8 @@ $PY bench/run.py --suite $S --jobs 2 --seeds 0 1 2 3 4 5 6 --only kd_fixedgor_w8
 $PY bench/run.py --suite $S --jobs 2 --seeds 0 1 2 --only ekd_gorlook_mtw_v8sfeat_w8a8 -- gor.threads=1
 # EKD with per-anchor label-agreement shares: four seeds (below the fixed shares on each of them)
 $PY bench/run.py --suite $S --jobs 2 --seeds 0 1 2 3 --only ekd_gorgrad_gtw_w8a8 -- gor.threads=1
-# W4A4: QAT, the sweep, GoR as it ships and both lookaheads, seeds 0-6; fixed at the weights GoR settles at,
-# seeds 0-6; GoR at lr 0.01, seeds 0-3
+# W4A4: QAT, the sweep, gor_grad at lr 0.001 and both lookaheads (next: GoR as it ships), seeds 0-6; fixed at the
+# weights gor_grad settles at, seeds 0-6; gor_grad at lr 0.01, seeds 0-3
 $PY bench/run.py --suite $S --jobs 2 --seeds 0 1 2 3 4 5 6 --only qat_w4a4 kd_fixed0.2_w4a4 kd_fixed0.5_w4a4 \
   kd_fixed1_w4a4 kd_fixed2_w4a4 kd_gorgradslow_w4a4 kd_gorlooksplit_w4a4 kd_gorlook_w4a4 -- gor.threads=1
 $PY bench/run.py --suite $S --jobs 2 --seeds 0 1 2 3 4 5 6 --only kd_fixedgor_w4a4 -- gor.threads=1

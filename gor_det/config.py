@@ -75,6 +75,10 @@ class DistillCfg:
     # per val image (COCO val2017: 5000 images) and logs val/kd_* as 0
 
 
+# gor.balance.lr: auto, per GoR form: the scalar lr each form was benchmarked at (docs/gor.md, Results)
+SCALAR_LR = {"gor": 0.001, "gor_norm": 0.001, "gor_grad": 0.001, "gor_lookahead": 0.01}
+
+
 @dataclass
 class BalanceCfg:
     """How L_task and L_kd are combined.
@@ -109,13 +113,10 @@ class BalanceCfg:
 
     @property
     def scalar_lr(self) -> float | None:
-        """The lr the two scalars train at: ``lr``, with ``auto`` resolved per form (:data:`SCALAR_LR`); None: the
-        trainer's lr."""
-        return SCALAR_LR.get(self.method, SCALAR_LR["default"]) if self.lr == "auto" else self.lr
-
-
-# gor.balance.lr: auto, per balance form: the scalar lr each form was benchmarked at (docs/gor.md, Results)
-SCALAR_LR = {"gor_lookahead": 0.01, "default": 0.001}
+        """The lr the two scalars train at: ``lr``, with ``auto`` resolved per form (:data:`SCALAR_LR`; ``fixed`` and
+        ``none`` give the scalars no gradient, so gor_grad's value is only what gets logged); None: the trainer's
+        lr."""
+        return SCALAR_LR.get(self.method, SCALAR_LR["gor_grad"]) if self.lr == "auto" else self.lr
 
 
 @dataclass

@@ -23,7 +23,7 @@ from gor_det.balance import (
     restore_from_bits,
     sync_bits,
 )
-from gor_det.config import BalanceCfg
+from gor_det.config import SCALAR_LR, BalanceCfg
 
 LT, LK = 3.0, 0.5
 pytestmark = pytest.mark.filterwarnings("ignore:Converting a tensor with requires_grad")  # float(param) in asserts
@@ -290,6 +290,8 @@ def test_make_balancer():
         make_balancer(BalanceCfg(method="gorr"))
     with pytest.raises(ValueError, match="form"):
         GoRBalancer(p, "norm")
+    # every GoR form has the scalar lr it was benchmarked at (gor.balance.lr: auto), none falls back silently
+    assert set(SCALAR_LR) == set(GoRBalancer.FORMS)
 
 
 def test_bits_round_trip_half_and_save():
