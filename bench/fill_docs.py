@@ -41,7 +41,7 @@ DOCS = {
                     "kd_fixed0.5_w4a4", "kd_fixed1_w4a4", "kd_fixed2_w4a4", "kd_gorgrad_w4a4", "kd_fixedgor_w4a4",
                     "kd_gorgradslow_w4a4", "ekd_gorgrad_mtw_w4a4", "ekd_gorgradslow_mtw_v8sfeat_w8a8",
                     "ekd_gorgradslow_mtw_v8sfeat_w4a4", "kd_gorlooksplit_w4a4", "kd_fixed0.2_w4a4", "kd_fixedgor_w8a8",
-                    "kd_gorlook_w4a4", "ekd_gorlook_mtw_v8sfeat_w8a8"],
+                    "kd_gorlook_w4a4", "ekd_gorlook_mtw_v8sfeat_w8a8", "kd_fixed1to0.2_w8a8"],
 }
 
 
@@ -164,6 +164,10 @@ def targets(doc: str, rows: list[dict]) -> list[tuple[str, str, str, float]]:
              "movements cost?)", GRAD_W8A8, "kd_fixedgor_w8a8", 0.0),
             ("W8A8: fixed at the weights gor_grad settles at >= fixed w_kd 0.5 (is gor_grad's shortfall where it "
              "settles?)", "kd_fixedgor_w8a8", "kd_fixed0.5_w8a8", 0.0),
+            ("W8A8: fixed w_kd falling 1 -> 0.2 (exp; mean 0.50) >= fixed w_kd 0.5 (does a falling KD weight beat the "
+             "best constant?)", "kd_fixed1to0.2_w8a8", "kd_fixed0.5_w8a8", 0.0),
+            ("GoR (default) >= fixed w_kd falling 1 -> 0.2 (is GoR's gain its falling path?)", GOR_W8A8,
+             "kd_fixed1to0.2_w8a8", 0.0),
             ("EKD-GoR with gor_grad, scalar lr 0.001 (3:1 in the head terms, features from YOLOv8s) >= "
              "single-teacher gor_grad, lr 0.001", "ekd_gorgradslow_mtw_v8sfeat_w8a8", GRAD_W8A8, 0.0),
             ("EKD-GoR with gor_grad (as above), scalar lr 0.001 >= lr 0.01", "ekd_gorgradslow_mtw_v8sfeat_w8a8",

@@ -29,8 +29,10 @@ $PY bench/run.py --suite $S --jobs 2 --seeds 5 6 --only fp_v8n fp_v8n_ft qat_w8a
 # Where GoR's W8A8 shortfall comes from (fixed at the weights it settles at) and Ultralytics' KD + quantize=8 (the
 # peer of the GoR >= Ultralytics + 1 target), seeds 0-6
 $PY bench/run.py --suite $S --jobs 2 --seeds 0 1 2 3 4 5 6 --only kd_fixedgor_w8a8 ul_distill_q8 -- gor.threads=1
-# EKD with the default balance (gor_lookahead, next): the recommended ensemble, seeds 0-2
-$PY bench/run.py --suite $S --jobs 2 --seeds 0 1 2 --only ekd_gorlook_mtw_v8sfeat_w8a8 -- gor.threads=1
+# EKD with the default balance (gor_lookahead, next): the recommended ensemble; a fixed KD weight falling from 1 to
+# 0.2 (is a falling weight what GoR gains by?); seeds 0-6
+$PY bench/run.py --suite $S --jobs 2 --seeds 0 1 2 3 4 5 6 --only ekd_gorlook_mtw_v8sfeat_w8a8 kd_fixed1to0.2_w8a8 \
+  -- gor.threads=1
 # EKD with per-anchor label-agreement shares: four seeds (below the fixed shares on each of them)
 $PY bench/run.py --suite $S --jobs 2 --seeds 0 1 2 3 --only ekd_gorgrad_gtw_w8a8 -- gor.threads=1
 # W4A4: QAT, the sweep, gor_grad at lr 0.001 and both lookaheads (next: GoR as it ships), seeds 0-6; fixed at the

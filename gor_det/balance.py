@@ -6,7 +6,8 @@ A balancer maps ``{"task": L_t, "kd": L_k}`` (scalar tensors; ``L_t`` = Ultralyt
 
 Methods (``gor.balance.method``):
 
-* ``fixed``: ``total = w_task * L_t + w_kd * L_k`` (classical QAT + KD with hand-tuned weights).
+* ``fixed``: ``total = w_task * L_t + w_kd * L_k`` (classical QAT + KD with hand-tuned weights); with ``w_kd_end``
+  the KD weight moves from ``w_kd`` to ``w_kd_end`` over training (``schedule``: linear, or exp in log w_kd).
 * ``none``: ``total = L_t`` (``w_kd = 0``; the KD loss is not even touched, so a NaN in it cannot leak in).
 * ``gor``: exactly two learnable scalars ``s_t, s_k`` (log-variances, Kendall et al. 2018 style), trained with the
   network:
@@ -283,17 +284,40 @@ def _w(value, like: torch.Tensor) -> torch.Tensor:
 
 
 class FixedBalancer:
-    """``total = w_task * L_t + w_kd * L_k`` (a weight of 0 drops its term entirely)."""
+    """``total = w_task * L_t + w_kd(p) * L_k`` (a weight of 0 drops its term entirely).
 
-    def __init__(self, w_task: float = 1.0, w_kd: float = 1.0):
+    ``w_kd(p)`` is ``w_kd`` throughout, or with ``w_kd_end`` goes from ``w_kd`` at ``p = 0`` to ``w_kd_end`` at ``p = 1``:
+    ``linear``, ``w_kd + (w_kd_end - w_kd) p``, or ``exp``, ``w_kd (w_kd_end / w_kd)^p``. ``progress`` (p: the fraction
+    of training batches done, in [0, 1]) is set by the trainer before each batch (callback ``balance_progress``).
+    """
+
+    def __init__(self, w_task: float = 1.0, w_kd: float = 1.0, w_kd_end: float | None = None,
+                 schedule: str = "linear"):
+        if schedule not in ("linear", "exp"):
+            raise ValueError(f"schedule {schedule!r} is not one of linear, exp")
+        if w_kd_end is not None and schedule == "exp" and not (w_kd > 0 and w_kd_end > 0):
+            raise ValueError(f"an exp schedule needs w_kd > 0 and w_kd_end > 0 (got {w_kd} -> {w_kd_end})")
         self.w_task, self.w_kd = float(w_task), float(w_kd)
+        self.w_kd_end = None if w_kd_end is None else float(w_kd_end)
+        self.schedule = schedule
+        self.progress = 0.0
+
+    def kd_weight(self) -> float:
+        """``w_kd(p)`` at the current ``progress`` (clipped to [0, 1])."""
+        if self.w_kd_end is None:
+            return self.w_kd
+        p = min(max(float(self.progress), 0.0), 1.0)
+        if self.schedule == "exp":
+            return self.w_kd * (self.w_kd_end / self.w_kd) ** p
+        return self.w_kd + (self.w_kd_end - self.w_kd) * p
 
     def __call__(self, losses: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         lt = _loss(losses, "task")
+        w_kd = self.kd_weight()
         total = self.w_task * lt if self.w_task else torch.zeros_like(lt)
-        if self.w_kd:
-            total = total + self.w_kd * _loss(losses, "kd")
-        return total, {"w_task": _w(self.w_task, lt), "w_kd": _w(self.w_kd, lt)}
+        if w_kd:
+            total = total + w_kd * _loss(losses, "kd")
+        return total, {"w_task": _w(self.w_task, lt), "w_kd": _w(w_kd, lt)}
 
 
 class NoKDBalancer:
@@ -367,7 +391,7 @@ def make_balancer(cfg: BalanceCfg | None = None, params: nn.Module | None = None
     """
     cfg = cfg if cfg is not None else BalanceCfg()
     if cfg.method == "fixed":
-        return FixedBalancer(cfg.w_task, cfg.w_kd)
+        return FixedBalancer(cfg.w_task, cfg.w_kd, cfg.w_kd_end, cfg.schedule)
     if cfg.method == "none":
         return NoKDBalancer()
     if cfg.method in GoRBalancer.FORMS:

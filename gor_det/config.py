@@ -94,6 +94,11 @@ class BalanceCfg:
     # default since 2026-11-30 (gor_grad before): the one form level with the best fixed weight of the benchmark's sweep
     w_task: float = 1.0  # fixed weights (method=fixed) and the initial weights of the GoR forms (s = -log w)
     w_kd: float = 1.0
+    w_kd_end: float | None = None  # method=fixed: the KD weight at the end of training, reached from w_kd along
+    # `schedule` over the training batches (null: w_kd throughout). E.g. w_kd 1, w_kd_end 0.2, schedule exp: roughly the
+    # path gor_lookahead's ratio w_kd / w_task takes on the benchmark (docs/gor.md, Results)
+    schedule: str = "linear"  # how a fixed w_kd moves to w_kd_end: linear (in the weight) | exp (the same factor per
+    # batch, i.e. linear in log w_kd; needs w_kd, w_kd_end > 0)
     lr: float | str | None = "auto"  # own Adam/SGD lr of the two scalars; auto: SCALAR_LR[method] (0.01 for
     # gor_lookahead, 0.001 for the others); null: the trainer's lr. The scalars are log-weights, their scale independent
     # of the network's: own lr. Adam moves each by ~lr per step. The gradient-norm forms reach their optimum (log L, or
@@ -179,6 +184,7 @@ CHOICES = {
     "distill.ensemble": ("mean_target", "mean_loss", "gt_weighted"),
     "balance.method": ("fixed", "gor", "gor_norm", "gor_grad", "gor_lookahead", "none"),
     "balance.transfer": ("next", "split"),
+    "balance.schedule": ("linear", "exp"),
     "quant.calib": ("minmax", "percentile", "mse"),
 }
 
@@ -286,6 +292,16 @@ def parse_gor(section: dict | None) -> GorCfg:
                           "null (the trainer's lr)")
     if isinstance(cfg.balance.lr, float) and not (math.isfinite(cfg.balance.lr) and cfg.balance.lr > 0):
         raise ConfigError(f"gor.balance.lr={cfg.balance.lr} must be a positive number (e.g. 0.001), auto or null")
+    b = cfg.balance
+    if b.w_kd_end is not None:
+        if b.method != "fixed":
+            raise ConfigError(f"gor.balance.w_kd_end applies to method=fixed only (method={b.method} learns its "
+                              "weights); remove w_kd_end or set gor.balance.method=fixed")
+        if not (math.isfinite(b.w_kd_end) and b.w_kd_end >= 0):
+            raise ConfigError(f"gor.balance.w_kd_end={b.w_kd_end} must be a number >= 0 (the KD weight at the end)")
+        if b.schedule == "exp" and not (b.w_kd > 0 and b.w_kd_end > 0):
+            raise ConfigError(f"gor.balance.schedule=exp needs w_kd > 0 and w_kd_end > 0 (got {b.w_kd} -> "
+                              f"{b.w_kd_end}); use schedule=linear to reach 0")
     if cfg.balance.grad_every < 1:
         raise ConfigError(f"gor.balance.grad_every={cfg.balance.grad_every} must be >= 1 (1: measure every step)")
     if cfg.export.calib_images < 1:

@@ -277,6 +277,29 @@ def test_fixed_and_none():
     assert float(total) == LT
 
 
+def test_fixed_schedule():
+    lin = FixedBalancer(1.0, 1.0, w_kd_end=0.2)
+    exp = make_balancer(BalanceCfg(method="fixed", w_task=2.0, w_kd=1.0, w_kd_end=0.25, schedule="exp"))
+    for p, w_lin, w_exp in ((0.0, 1.0, 1.0), (0.5, 0.6, 0.5), (1.0, 0.2, 0.25), (1.5, 0.2, 0.25), (-1, 1.0, 1.0)):
+        lin.progress = exp.progress = p
+        total, w = lin(_losses())
+        assert float(w["w_kd"]) == pytest.approx(w_lin) and float(total) == pytest.approx(LT + w_lin * LK)
+        total, w = exp(_losses())
+        assert float(w["w_kd"]) == pytest.approx(w_exp) and float(total) == pytest.approx(2 * LT + w_exp * LK)
+        assert float(w["w_task"]) == 2.0
+    const = FixedBalancer(1.0, 0.5)
+    const.progress = 0.7
+    assert const.kd_weight() == 0.5  # no w_kd_end: progress is ignored
+    to_zero = FixedBalancer(1.0, 1.0, w_kd_end=0.0)
+    to_zero.progress = 1.0
+    total, w = to_zero({"task": torch.tensor(LT), "kd": torch.tensor(float("nan"))})
+    assert float(total) == LT and float(w["w_kd"]) == 0.0  # a weight of 0 still drops the term
+    with pytest.raises(ValueError, match="exp schedule needs"):
+        FixedBalancer(1.0, 1.0, w_kd_end=0.0, schedule="exp")
+    with pytest.raises(ValueError, match="schedule"):
+        FixedBalancer(1.0, 1.0, w_kd_end=0.5, schedule="cosine")
+
+
 def test_make_balancer():
     p = make_gor_params()
     assert isinstance(make_balancer(BalanceCfg(method="fixed", w_task=1, w_kd=3)), FixedBalancer)

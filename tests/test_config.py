@@ -67,6 +67,12 @@ def test_quant_shorthand():
          "every gor.teachers[].feat_weight is 0 but gor.distill.feat > 0"),
         (["gor.balance.lr=fast"], "gor.balance.lr='fast' must be a number, auto (the form's benchmarked lr) or null"),
         (["gor.balance.lr=0"], "gor.balance.lr=0.0 must be a positive number (e.g. 0.001), auto or null"),
+        (["gor.balance.method=gor", "gor.balance.w_kd_end=0.2"],
+         "gor.balance.w_kd_end applies to method=fixed only (method=gor learns its weights)"),
+        (["gor.balance.method=fixed", "gor.balance.w_kd_end=-1"], "gor.balance.w_kd_end=-1.0 must be a number >= 0"),
+        (["gor.balance.method=fixed", "gor.balance.w_kd_end=0", "gor.balance.schedule=exp"],
+         "gor.balance.schedule=exp needs w_kd > 0 and w_kd_end > 0 (got 1.0 -> 0.0); use schedule=linear"),
+        (["gor.balance.schedule=cosine"], "gor.balance.schedule='cosine' is not one of linear, exp"),
         (["epochs"], "override 'epochs' must look like key=value"),
     ],
 )

@@ -111,6 +111,25 @@ def test_kd_gor_run_resume_and_plain_loadable(tiny_data, teacher_pt, tmp_path):
     assert "OK False" in out.stdout, out.stderr[-3000:]
 
 
+def test_fixed_schedule_follows_training_progress(tiny_data, teacher_pt, tmp_path):
+    # w_kd from 1 to 0 (linear) over 2 epochs: before batch i of epoch e the balancer holds p = (e + i / nb) / 2,
+    # so the logged epoch means of w_kd are 1 - (e + (nb - 1) / (2 nb)) / 2
+    import csv
+
+    gor = parse_gor({"teachers": [teacher_pt], "balance": {"method": "fixed", "w_kd": 1.0, "w_kd_end": 0.0},
+                     "threads": 2})
+    trainer = make_trainer_class(gor)(overrides=tiny_overrides(tiny_data, tmp_path, "sched", epochs=2, val=False))
+    trainer.train()
+    nb = len(trainer.train_loader)
+    rows = list(csv.DictReader(trainer.csv.open()))
+    assert len(rows) == 2
+    for e, row in enumerate(rows):
+        expected = 1 - (e + (nb - 1) / (2 * nb)) / 2
+        assert float(row["train/w_kd"]) == pytest.approx(expected, abs=1e-5), (e, nb, row["train/w_kd"])
+        assert float(row["train/w_task"]) == 1.0
+    assert trainer.ema.ema.criterion.balancer.progress == pytest.approx((1 + (nb - 1) / nb) / 2)
+
+
 def test_class_mismatch_and_missing_teacher(tiny_data, tmp_path):
     bad = save_teacher(tmp_path / "bad.pt", nc=2, names={0: "apple", 1: "pear"}, cfg="yolov8n.yaml")
     ov = tiny_overrides(tiny_data, tmp_path, "bad")

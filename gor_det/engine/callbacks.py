@@ -1,5 +1,5 @@
 """Trainer callbacks: side effects only (threads, KD criterion install, exact GoR scalars, QAT schedule, BN freeze,
-the GoR plot).
+training progress for scheduled balance weights, the GoR plot).
 
 Module-level functions taking the trainer, never bound methods or closures: Ultralytics pickles ``trainer.callbacks``
 for its DDP workers.
@@ -101,6 +101,26 @@ def quant_schedule(trainer) -> None:
             set_quant_enabled(m, weights=live, acts=live)
 
 
+def balance_progress(trainer) -> None:
+    """On every training batch start: tell the balancers (model and EMA) how far training is, ``p = (epoch + batches
+    done this epoch / batches per epoch) / epochs`` in [0, 1), for scheduled weights (``gor.balance.w_kd_end``).
+
+    The batch count is kept here (the trainer's batch index is a local of its loop) and restarts whenever the epoch
+    changes: a resumed run starts at an epoch boundary and a NaN-recovered epoch is redone from its start, so p is the
+    same as in an uninterrupted run."""
+    if not trainer.gor.distilling:
+        return
+    epoch, done = getattr(trainer, "_gor_batches", (None, 0))
+    done = done + 1 if epoch == trainer.epoch else 0
+    trainer._gor_batches = (trainer.epoch, done)
+    nb = max(len(trainer.train_loader), 1)
+    p = (trainer.epoch + done / nb) / max(trainer.epochs, 1)
+    for m in (unwrap_model(trainer.model), trainer.ema.ema if trainer.ema is not None else None):
+        balancer = getattr(getattr(m, "criterion", None), "balancer", None)
+        if hasattr(balancer, "progress"):
+            balancer.progress = p
+
+
 def plot_gor(trainer) -> None:
     """Save ``gor_curves.png``: the two balance weights and the loss terms per epoch (from results.csv)."""
     if RANK not in {-1, 0} or not trainer.gor.distilling or not trainer.csv.exists():
@@ -120,5 +140,6 @@ TRAINER_CALLBACKS = [  # (event, callback) in the order they run
     ("on_train_epoch_start", exact_gor_scalars),
     ("on_train_epoch_start", quant_schedule),
     ("on_train_epoch_start", freeze_bn_stats),
+    ("on_train_batch_start", balance_progress),
     ("on_train_end", plot_gor),
 ]
