@@ -130,6 +130,36 @@ def test_fixed_schedule_follows_training_progress(tiny_data, teacher_pt, tmp_pat
     assert trainer.ema.ema.criterion.balancer.progress == pytest.approx((1 + (nb - 1) / nb) / 2)
 
 
+def test_balance_progress_restarts_with_every_epoch():
+    # a resumed run (a fresh trainer at epoch 2) and a redone epoch (NaN recovery: epoch start again, same epoch)
+    # both count from the epoch's first batch
+    from types import SimpleNamespace
+
+    from torch import nn
+
+    from gor_det.balance import FixedBalancer
+    from gor_det.engine import callbacks as gcb
+
+    balancer = FixedBalancer(1.0, 1.0, w_kd_end=0.0)
+    model = nn.Module()
+    model.criterion = SimpleNamespace(balancer=balancer)
+    trainer = SimpleNamespace(gor=SimpleNamespace(distilling=True), epoch=2, epochs=4, train_loader=[None] * 5,
+                              model=model, ema=None)
+
+    def epoch(n_batches):
+        gcb.count_batches_from_zero(trainer)
+        seen = []
+        for _ in range(n_batches):
+            gcb.balance_progress(trainer)
+            seen.append(balancer.progress)
+        return seen
+
+    assert epoch(3) == [0.5, 2.2 / 4, 2.4 / 4]
+    assert epoch(5) == [0.5, 2.2 / 4, 2.4 / 4, 2.6 / 4, 2.8 / 4]  # redone from its start
+    trainer.epoch = 3
+    assert epoch(1) == [0.75]
+
+
 def test_class_mismatch_and_missing_teacher(tiny_data, tmp_path):
     bad = save_teacher(tmp_path / "bad.pt", nc=2, names={0: "apple", 1: "pear"}, cfg="yolov8n.yaml")
     ov = tiny_overrides(tiny_data, tmp_path, "bad")

@@ -101,20 +101,23 @@ def quant_schedule(trainer) -> None:
             set_quant_enabled(m, weights=live, acts=live)
 
 
+def count_batches_from_zero(trainer) -> None:
+    """On every epoch start (a redone epoch included: NaN recovery, OOM restart): no training batch done yet."""
+    trainer.gor_batches_done = 0
+
+
 def balance_progress(trainer) -> None:
     """On every training batch start: tell the balancers (model and EMA) how far training is, ``p = (epoch + batches
     done this epoch / batches per epoch) / epochs`` in [0, 1), for scheduled weights (``gor.balance.w_kd_end``).
 
-    The batch count is kept here (the trainer's batch index is a local of its loop) and restarts whenever the epoch
-    changes: a resumed run starts at an epoch boundary and a NaN-recovered epoch is redone from its start, so p is the
-    same as in an uninterrupted run."""
+    The batch count is kept here (the trainer's batch index is a local of its loop) and restarts at every epoch start:
+    a resumed run starts at an epoch boundary and a redone epoch from its first batch, so p is what an uninterrupted
+    run has at the same batch."""
     if not trainer.gor.distilling:
         return
-    epoch, done = getattr(trainer, "_gor_batches", (None, 0))
-    done = done + 1 if epoch == trainer.epoch else 0
-    trainer._gor_batches = (trainer.epoch, done)
-    nb = max(len(trainer.train_loader), 1)
-    p = (trainer.epoch + done / nb) / max(trainer.epochs, 1)
+    done = getattr(trainer, "gor_batches_done", 0)
+    trainer.gor_batches_done = done + 1
+    p = (trainer.epoch + done / max(len(trainer.train_loader), 1)) / max(trainer.epochs, 1)
     for m in (unwrap_model(trainer.model), trainer.ema.ema if trainer.ema is not None else None):
         balancer = getattr(getattr(m, "criterion", None), "balancer", None)
         if hasattr(balancer, "progress"):
@@ -140,6 +143,7 @@ TRAINER_CALLBACKS = [  # (event, callback) in the order they run
     ("on_train_epoch_start", exact_gor_scalars),
     ("on_train_epoch_start", quant_schedule),
     ("on_train_epoch_start", freeze_bn_stats),
+    ("on_train_epoch_start", count_batches_from_zero),
     ("on_train_batch_start", balance_progress),
     ("on_train_end", plot_gor),
 ]
