@@ -5,8 +5,8 @@
 #
 # Two single-thread jobs at a time fill the 2-core machine (--jobs 2, gor.threads=1); a row starts when the rows it
 # reads are trained (its seed's FP student, the teachers). Time on the 2-core VM: about 9.5 h for the key rows at
-# five seeds, 3 h for their two more seeds, 1 h for fixed-at-GoR and Ultralytics' KD at seven, 0.5 h for EKD with
-# the default balance, 5 h for the W4A4 rows, 2 h for the rest at two seeds.
+# five seeds, 3 h for their two more seeds, 1 h for fixed-at-GoR and Ultralytics' KD at seven, 1.5 h for EKD with
+# the default balance and the falling fixed weight at seven, 5 h for the W4A4 rows, 2 h for the rest at two seeds.
 set -e
 cd "$(dirname "$0")/.."
 S=bench/suites/synthetic.yaml
