@@ -111,28 +111,32 @@ def test_kd_gor_run_resume_and_plain_loadable(tiny_data, teacher_pt, tmp_path):
     assert "OK False" in out.stdout, out.stderr[-3000:]
 
 
-def test_fixed_schedule_follows_training_progress(tiny_data, teacher_pt, tmp_path):
-    # w_kd from 1 to 0 (linear) over 2 epochs: before batch i of epoch e the balancer holds p = (e + i / nb) / 2,
-    # so the logged epoch means of w_kd are 1 - (e + (nb - 1) / (2 nb)) / 2
+def test_fixed_schedule_follows_training_progress_across_resume(tiny_data, teacher_pt, tmp_path):
+    # w_kd from 1 to 0 (linear) over 2 epochs, interrupted after epoch 1 and resumed: before batch i of epoch e the
+    # balancer holds p = (e + i / nb) / 2, so the logged epoch means of w_kd are 1 - (e + (nb - 1) / (2 nb)) / 2
     import csv
 
     gor = parse_gor({"teachers": [teacher_pt], "balance": {"method": "fixed", "w_kd": 1.0, "w_kd_end": 0.0},
                      "threads": 2})
     trainer = make_trainer_class(gor)(overrides=tiny_overrides(tiny_data, tmp_path, "sched", epochs=2, val=False))
-    trainer.train()
-    nb = len(trainer.train_loader)
-    rows = list(csv.DictReader(trainer.csv.open()))
-    assert len(rows) == 2
+    trainer.add_callback("on_fit_epoch_end", stop_after_first_epoch)
+    with pytest.raises(StopAfterFirstEpoch):
+        trainer.train()
+    resumed = make_trainer_class(gor)(overrides={"resume": str(trainer.last)})
+    resumed.train()
+    nb = len(resumed.train_loader)
+    rows = list(csv.DictReader(resumed.csv.open()))
+    assert [int(r["epoch"]) for r in rows] == [1, 2]
     for e, row in enumerate(rows):
         expected = 1 - (e + (nb - 1) / (2 * nb)) / 2
         assert float(row["train/w_kd"]) == pytest.approx(expected, abs=1e-5), (e, nb, row["train/w_kd"])
         assert float(row["train/w_task"]) == 1.0
-    assert trainer.ema.ema.criterion.balancer.progress == pytest.approx((1 + (nb - 1) / nb) / 2)
+    assert resumed.ema.ema.criterion.balancer.progress == pytest.approx((1 + (nb - 1) / nb) / 2)
 
 
 def test_balance_progress_restarts_with_every_epoch():
-    # a resumed run (a fresh trainer at epoch 2) and a redone epoch (NaN recovery: epoch start again, same epoch)
-    # both count from the epoch's first batch
+    # a run resumed at epoch 2 (a fresh trainer) and a redone epoch (NaN recovery: epoch start again, same epoch
+    # number) both count from the epoch's first batch
     from types import SimpleNamespace
 
     from torch import nn
