@@ -7,7 +7,7 @@ Each table in DOCS is the block between ``<!-- results -->`` markers; it is repl
 listed rows (every seed found), the command that regenerates it, the machine and the dates the rows were run. Rows
 that have not been run are left out of the table. (Tables outside the markers, such as the earlier runs whose raw
 results were not kept, are left alone.) In docs/gor.md it also rewrites the
-block between ``<!-- gor-weights -->`` markers (the balance weights GoR rows ended at), and in docs/quantization.md and
+block between ``<!-- gor-weights -->`` markers (the balance weights GoR and scheduled rows ended at), and in docs/quantization.md and
 docs/gor.md the block between ``<!-- targets -->`` markers: the issues' accuracy targets as paired per-seed differences.
 """
 
@@ -268,28 +268,34 @@ def targets_block(doc: str) -> str:
             "table: `python bench/fill_docs.py`")
 
 
-def learned_balance(names: list[str], runs: list[dict]) -> list[str]:
-    """The rows of ``names`` (in that order) whose suite entry (``runs``: the suite's ``runs`` list) distils with a
-    learned balance: teachers set and ``gor.balance.method`` (default: BalanceCfg's) one of the GoR forms."""
+def moving_balance(names: list[str], runs: list[dict]) -> list[str]:
+    """The rows of ``names`` (in that order) whose suite entry (``runs``: the suite's ``runs`` list) distils with
+    weights that move over training: teachers set and ``gor.balance.method`` (default: BalanceCfg's) one of the GoR
+    forms, or ``fixed`` with a schedule (``w_kd_end``)."""
     from gor_det.balance import GoRBalancer
     from gor_det.config import BalanceCfg
 
     gor = {r["name"]: (r.get("overrides") or {}).get("gor") or {} for r in runs}
-    return [n for n in names if gor.get(n, {}).get("teachers")
-            and gor[n].get("balance", {}).get("method", BalanceCfg().method) in GoRBalancer.FORMS]
+
+    def moves(balance: dict) -> bool:
+        return (balance.get("method", BalanceCfg().method) in GoRBalancer.FORMS
+                or balance.get("w_kd_end") is not None)
+
+    return [n for n in names if gor.get(n, {}).get("teachers") and moves(gor[n].get("balance", {}))]
 
 
 TASK, KD = ("box_loss", "cls_loss", "dfl_loss"), ("kd_feat", "kd_cls", "kd_box")
 
 
 def gor_weights_block() -> str:
-    """Balance weights and per-image losses of the last epoch of every GoR row (``results.csv``): what the learned
-    balance settled at, the ratio it amounts to, and that ratio (epoch means) over the epochs."""
+    """Balance weights and per-image losses of the last epoch of every GoR row and scheduled fixed row
+    (``results.csv``): where the balance ended, the ratio it amounts to, and that ratio (epoch means) over the
+    epochs."""
     lines = ["| run | seed | w_task | w_kd | w_kd / w_task | per epoch | L_task | L_kd | L_task / L_kd |",
              "|---|---|---|---|---|---|---|---|---|"]
     from gor_det.config import load_yaml
 
-    for n in learned_balance(DOCS["docs/gor.md"], load_yaml(SUITE)["runs"]):
+    for n in moving_balance(DOCS["docs/gor.md"], load_yaml(SUITE)["runs"]):
         for f in sorted((OUT / n).glob("seed*/results.csv")):
             with open(f) as fh:
                 epochs = [{k.strip(): float(v) for k, v in r.items()} for r in csv.DictReader(fh)]

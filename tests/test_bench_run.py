@@ -193,14 +193,18 @@ def test_target_lines_comparing_the_same_rows_are_listed_once():
     assert fill_docs.distinct(checks) == [checks[0], checks[2], checks[3]]
 
 
-def test_learned_balance_rows_come_from_the_suite():
-    """The GoR-weights table lists the rows whose suite entry distils with a GoR form (default method included)."""
+def test_moving_balance_rows_come_from_the_suite():
+    """The GoR-weights table lists the rows whose suite entry distils with a GoR form (default method included) or
+    with a scheduled fixed weight."""
     runs = [{"name": "fixed", "overrides": {"gor": {"teachers": ["t.pt"], "balance": {"method": "fixed"}}}},
             {"name": "look", "overrides": {"gor": {"teachers": ["t.pt"], "balance": {"method": "gor_lookahead"}}}},
             {"name": "default", "overrides": {"gor": {"teachers": ["t.pt"]}}},  # BalanceCfg's method: gor_lookahead
+            {"name": "falling", "overrides": {"gor": {"teachers": ["t.pt"],
+                                                      "balance": {"method": "fixed", "w_kd_end": 0.2}}}},
             {"name": "qat", "overrides": {"gor": {"quant": {"w_bits": 8}}}},  # no teacher: nothing to balance
             {"name": "ul", "kind": "ultralytics"}]
-    assert fill_docs.learned_balance(["ul", "default", "qat", "look", "fixed", "absent"], runs) == ["default", "look"]
+    names = ["ul", "default", "qat", "look", "fixed", "falling", "absent"]
+    assert fill_docs.moving_balance(names, runs) == ["default", "look", "falling"]
 
 
 def test_tables_need_only_the_core_install():

@@ -147,8 +147,8 @@ def test_balance_progress_restarts_with_every_epoch():
     balancer = FixedBalancer(1.0, 1.0, w_kd_end=0.0)
     model = nn.Module()
     model.criterion = SimpleNamespace(balancer=balancer)
-    trainer = SimpleNamespace(gor=SimpleNamespace(distilling=True), epoch=2, epochs=4, train_loader=[None] * 5,
-                              model=model, ema=None)
+    gor = parse_gor({"teachers": ["t.pt"], "balance": {"method": "fixed", "w_kd_end": 0.0}})
+    trainer = SimpleNamespace(gor=gor, epoch=2, epochs=4, train_loader=[None] * 5, model=model, ema=None)
 
     def epoch(n_batches):
         gcb.count_batches_from_zero(trainer)
@@ -162,6 +162,9 @@ def test_balance_progress_restarts_with_every_epoch():
     assert epoch(5) == [0.5, 2.2 / 4, 2.4 / 4, 2.6 / 4, 2.8 / 4]  # redone from its start
     trainer.epoch = 3
     assert epoch(1) == [0.75]
+    trainer.gor = parse_gor({"teachers": ["t.pt"]})  # no schedule (GoR): the callbacks leave the balancer alone
+    balancer.progress = -1.0
+    assert epoch(2) == [-1.0, -1.0]
 
 
 def test_class_mismatch_and_missing_teacher(tiny_data, tmp_path):

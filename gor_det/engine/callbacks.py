@@ -101,9 +101,16 @@ def quant_schedule(trainer) -> None:
             set_quant_enabled(m, weights=live, acts=live)
 
 
+def _scheduled(trainer) -> bool:
+    """A balance weight moves with training progress (``gor.balance.w_kd_end``); else the two callbacks below do
+    nothing, so the training step pays for them only when they are used."""
+    return trainer.gor.distilling and trainer.gor.balance.w_kd_end is not None
+
+
 def count_batches_from_zero(trainer) -> None:
     """On every epoch start (a redone epoch included: NaN recovery, OOM restart): no training batch done yet."""
-    trainer.gor_batches_done = 0
+    if _scheduled(trainer):
+        trainer.gor_batches_done = 0
 
 
 def balance_progress(trainer) -> None:
@@ -113,7 +120,7 @@ def balance_progress(trainer) -> None:
     The batch count is kept here (the trainer's batch index is a local of its loop) and restarts at every epoch start:
     a resumed run starts at an epoch boundary and a redone epoch from its first batch, so p is what an uninterrupted
     run has at the same batch."""
-    if not trainer.gor.distilling:
+    if not _scheduled(trainer):
         return
     done = getattr(trainer, "gor_batches_done", 0)
     trainer.gor_batches_done = done + 1
