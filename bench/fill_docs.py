@@ -41,7 +41,8 @@ DOCS = {
                     "kd_fixed0.5_w4a4", "kd_fixed1_w4a4", "kd_fixed2_w4a4", "kd_gorgrad_w4a4", "kd_fixedgor_w4a4",
                     "kd_gorgradslow_w4a4", "ekd_gorgrad_mtw_w4a4", "ekd_gorgradslow_mtw_v8sfeat_w8a8",
                     "ekd_gorgradslow_mtw_v8sfeat_w4a4", "kd_gorlooksplit_w4a4", "kd_fixed0.2_w4a4", "kd_fixedgor_w8a8",
-                    "kd_gorlook_w4a4", "ekd_gorlook_mtw_v8sfeat_w8a8", "kd_fixed1to0.2_w8a8"],
+                    "kd_gorlook_w4a4", "ekd_gorlook_mtw_v8sfeat_w8a8", "kd_fixed1to0.2_w8a8", "qat_w4a4_e8",
+                    "kd_fixed0.2_w4a4_e8", "kd_fixed0.5_w4a4_e8", "kd_fixed1_w4a4_e8", "kd_gorlook_w4a4_e8"],
 }
 
 
@@ -73,6 +74,8 @@ GRAD_W8A8, GRAD_W4A4 = "kd_gorgradslow_w8a8", "kd_gorgradslow_w4a4"  # gor_grad 
 FIXED_W8A8 = ["kd_fixed0.2_w8a8", "kd_fixed0.5_w8a8", "kd_fixed1_w8a8", "kd_fixed2_w8a8",
               "kd_fixed8_w8a8"]  # the fixed-weight sweep
 FIXED_W4A4 = ["kd_fixed0.2_w4a4", "kd_fixed0.5_w4a4", "kd_fixed1_w4a4", "kd_fixed2_w4a4"]  # the W4A4 sweep
+GOR_W4A4_E8 = "kd_gorlook_w4a4_e8"  # W4A4 with 8 fine-tuning epochs instead of 4: GoR as it ships, and its sweep
+FIXED_W4A4_E8 = ["kd_fixed0.2_w4a4_e8", "kd_fixed0.5_w4a4_e8", "kd_fixed1_w4a4_e8"]
 
 
 def sweep_runs(rows: list[dict], ref: str = GOR_W8A8, fixed: list[str] = FIXED_W8A8) -> list[str]:
@@ -126,6 +129,7 @@ def targets(doc: str, rows: list[dict]) -> list[tuple[str, str, str, float]]:
                 ("QAT W8A8 above PTQ", "qat_w8a8", "ptq_w8a8", 0.0),
                 ("QAT W8A8 above Ultralytics quantize=8", "qat_w8a8", "ul_quantize8", 0.0)]
     best8, best4 = best_fixed(rows), best_fixed(rows, GOR_W4A4, FIXED_W4A4)
+    best4_e8 = best_fixed(rows, GOR_W4A4_E8, FIXED_W4A4_E8)
     # GOR_*, EKD_*: GoR as it ships (gor_lookahead, transfer next, scalar lr auto = 0.01; the default since
     # 2026-11-30); GRAD_*: gor_grad at scalar lr 0.001 (the default before); kd_gorgrad_* and the other GoR rows: 0.01
     return [("GoR (default) >= the best fixed weight (picked on the same seeds)", GOR_W8A8, best8, 0.0),
@@ -151,6 +155,14 @@ def targets(doc: str, rows: list[dict]) -> list[tuple[str, str, str, float]]:
             ("W4A4: GoR (default) >= fixed w_kd 0.5", GOR_W4A4, "kd_fixed0.5_w4a4", 0.0),
             ("W4A4: GoR (default) >= QAT without KD", GOR_W4A4, "qat_w4a4", 0.0),
             ("W4A4: GoR (default) >= gor_grad, scalar lr 0.001", GOR_W4A4, GRAD_W4A4, 0.0),
+            ("W4A4, 8 epochs: GoR (default) >= the best fixed weight (same seeds)", GOR_W4A4_E8, best4_e8, 0.0),
+            ("W4A4, 8 epochs: GoR (default) >= the fixed weight a sweep on the other seeds picks", GOR_W4A4_E8,
+             "kd_fixed_cv_w4a4_e8", 0.0),
+            ("W4A4, 8 epochs: GoR (default) >= QAT without KD", GOR_W4A4_E8, "qat_w4a4_e8", 0.0),
+            *((f"W4A4, 8 epochs: KD at fixed w_kd {n[len('kd_fixed'):-len('_w4a4_e8')]} >= QAT without KD", n,
+               "qat_w4a4_e8", 0.0) for n in FIXED_W4A4_E8),
+            ("W4A4: QAT without KD, 8 epochs >= 4 epochs", "qat_w4a4_e8", "qat_w4a4", 0.0),
+            ("W4A4: GoR (default), 8 epochs >= 4 epochs", GOR_W4A4_E8, GOR_W4A4, 0.0),
             ("W4A4: fixed w_kd 1 >= fixed w_kd 0.5 (does the W4A4 sweep separate its two best weights?)",
              "kd_fixed1_w4a4", "kd_fixed0.5_w4a4", 0.0),
             ("W8A8: fixed w_kd 0.5 >= fixed w_kd 1 (does the W8A8 sweep?)", "kd_fixed0.5_w8a8", "kd_fixed1_w8a8",
@@ -262,7 +274,8 @@ def distinct(checks: list[tuple[str, str, str, float]]) -> list[tuple[str, str, 
 
 def targets_block(doc: str) -> str:
     rows, _ = rows_of(DOCS[doc])
-    rows += cross_validated_fixed(rows) + cross_validated_fixed(rows, GOR_W4A4, FIXED_W4A4, "kd_fixed_cv_w4a4")
+    rows += (cross_validated_fixed(rows) + cross_validated_fixed(rows, GOR_W4A4, FIXED_W4A4, "kd_fixed_cv_w4a4")
+             + cross_validated_fixed(rows, GOR_W4A4_E8, FIXED_W4A4_E8, "kd_fixed_cv_w4a4_e8"))
     steps = step_time_line(rows, "qat_w8a8", "fp_v8n_ft", 1.3) if doc == "docs/quantization.md" else ""
     return (targets_table(rows, distinct(targets(doc, rows))) + steps + "\nFrom the rows of the table above; this "
             "table: `python bench/fill_docs.py`")

@@ -226,3 +226,30 @@ def test_tables_need_only_the_core_install():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert out.returncode == 0, out.stderr[-2000:]
     assert "+0.20 to +0.20" in out.stdout  # constant difference: zero-width interval
+
+
+def reproduce_sh_rows() -> set[str]:
+    """Every row named after ``--only`` in bench/reproduce.sh (continued lines joined)."""
+    import re
+
+    text = (fill_docs.ROOT / "bench/reproduce.sh").read_text().replace("\\\n", " ")
+    return {n for line in re.findall(r"--only (.*?) --", text) for n in line.split()}
+
+
+def test_docs_rows_are_suite_rows_that_reproduce_sh_runs():
+    """A benchmark row is named in four places (the suite, fill_docs.DOCS, the targets, bench/reproduce.sh): every row
+    a docs table or target quotes must be defined in the suite and run by reproduce.sh, so `sh bench/reproduce.sh &&
+    python bench/fill_docs.py` rebuilds every number docs/ quote."""
+    import yaml
+
+    suite = {r["name"] for r in yaml.safe_load(fill_docs.SUITE.read_text())["runs"]}
+    made = reproduce_sh_rows()
+    assert made <= suite, f"reproduce.sh runs rows the suite lacks: {sorted(made - suite)}"
+    derived = {"kd_fixed_cv_w8a8", "kd_fixed_cv_w4a4", "kd_fixed_cv_w4a4_e8"}  # computed by fill_docs, not run
+    for doc, names in fill_docs.DOCS.items():
+        assert set(names) <= suite, f"{doc} quotes rows the suite lacks: {sorted(set(names) - suite)}"
+        assert set(names) <= made, f"{doc} quotes rows reproduce.sh never runs: {sorted(set(names) - made)}"
+    for doc in ("docs/quantization.md", "docs/gor.md"):  # the docs with a targets block (fill_docs.main)
+        names = fill_docs.DOCS[doc]
+        quoted = {n for _, a, b, _ in fill_docs.targets(doc, []) for n in (a, b)} - derived
+        assert quoted <= set(names), f"{doc}: targets compare rows its table lacks: {sorted(quoted - set(names))}"
