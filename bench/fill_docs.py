@@ -76,6 +76,11 @@ FIXED_W8A8 = ["kd_fixed0.2_w8a8", "kd_fixed0.5_w8a8", "kd_fixed1_w8a8", "kd_fixe
 FIXED_W4A4 = ["kd_fixed0.2_w4a4", "kd_fixed0.5_w4a4", "kd_fixed1_w4a4", "kd_fixed2_w4a4"]  # the W4A4 sweep
 GOR_W4A4_E8 = "kd_gorlook_w4a4_e8"  # W4A4 with 8 fine-tuning epochs instead of 4: GoR as it ships, and its sweep
 FIXED_W4A4_E8 = ["kd_fixed0.2_w4a4_e8", "kd_fixed0.5_w4a4_e8", "kd_fixed1_w4a4_e8"]
+# each fixed-weight sweep's leave-one-seed-out row (:func:`cross_validated_fixed`, computed here, never run): the GoR
+# row it is compared with and the sweep's rows
+SWEEPS = {"kd_fixed_cv_w8a8": (GOR_W8A8, FIXED_W8A8), "kd_fixed_cv_w4a4": (GOR_W4A4, FIXED_W4A4),
+          "kd_fixed_cv_w4a4_e8": (GOR_W4A4_E8, FIXED_W4A4_E8)}
+TARGET_DOCS = ("docs/quantization.md", "docs/gor.md")  # the docs with a targets block
 
 
 def sweep_runs(rows: list[dict], ref: str = GOR_W8A8, fixed: list[str] = FIXED_W8A8) -> list[str]:
@@ -121,6 +126,13 @@ def cross_validated_fixed(rows: list[dict], ref: str = GOR_W8A8, fixed: list[str
     return out
 
 
+def each_fixed_vs(prefix: str, fixed: list[str], other: str) -> list[tuple[str, str, str, float]]:
+    """One check per row of the sweep ``fixed``: "<prefix>KD at fixed w_kd W >= QAT without KD" against ``other``;
+    W is read from the row name (``kd_fixed<W>_...``)."""
+    return [(f"{prefix}KD at fixed w_kd {n[len('kd_fixed'):].split('_')[0]} >= QAT without KD", n, other, 0.0)
+            for n in fixed]
+
+
 def targets(doc: str, rows: list[dict]) -> list[tuple[str, str, str, float]]:
     """The issues' accuracy targets checked in ``doc``, and in docs/gor.md the comparisons its prose draws between
     balance forms and ensembles: (label, a, b, threshold) for ``a - b >= threshold``."""
@@ -159,8 +171,7 @@ def targets(doc: str, rows: list[dict]) -> list[tuple[str, str, str, float]]:
             ("W4A4, 8 epochs: GoR (default) >= the fixed weight a sweep on the other seeds picks", GOR_W4A4_E8,
              "kd_fixed_cv_w4a4_e8", 0.0),
             ("W4A4, 8 epochs: GoR (default) >= QAT without KD", GOR_W4A4_E8, "qat_w4a4_e8", 0.0),
-            *((f"W4A4, 8 epochs: KD at fixed w_kd {n[len('kd_fixed'):-len('_w4a4_e8')]} >= QAT without KD", n,
-               "qat_w4a4_e8", 0.0) for n in FIXED_W4A4_E8),
+            *each_fixed_vs("W4A4, 8 epochs: ", FIXED_W4A4_E8, "qat_w4a4_e8"),
             ("W4A4: QAT without KD, 8 epochs >= 4 epochs", "qat_w4a4_e8", "qat_w4a4", 0.0),
             ("W4A4: GoR (default), 8 epochs >= 4 epochs", GOR_W4A4_E8, GOR_W4A4, 0.0),
             ("W4A4: fixed w_kd 1 >= fixed w_kd 0.5 (does the W4A4 sweep separate its two best weights?)",
@@ -234,8 +245,7 @@ def targets(doc: str, rows: list[dict]) -> list[tuple[str, str, str, float]]:
             ("EKD-GoR 3:1, features from YOLOv8s only >= from both teachers", "ekd_gorgrad_mtw_v8sfeat_w8a8",
              "ekd_gorgrad_mtw_w8a8", 0.0),
             ("W4A4: GoR, scalar lr 0.01, >= the best fixed weight (same seeds)", "kd_gorgrad_w4a4", best4, 0.0),
-            *((f"W4A4: KD at fixed w_kd {n[len('kd_fixed'):-len('_w4a4')]} >= QAT without KD", n, "qat_w4a4", 0.0)
-              for n in FIXED_W4A4),
+            *each_fixed_vs("W4A4: ", FIXED_W4A4, "qat_w4a4"),
             ("W4A4: GoR, scalar lr 0.01, >= QAT without KD", "kd_gorgrad_w4a4", "qat_w4a4", 0.0),
             ("W4A4: GoR, scalar lr 0.01, >= fixed at the weights it settles at", "kd_gorgrad_w4a4", "kd_fixedgor_w4a4",
              0.0),
@@ -274,8 +284,8 @@ def distinct(checks: list[tuple[str, str, str, float]]) -> list[tuple[str, str, 
 
 def targets_block(doc: str) -> str:
     rows, _ = rows_of(DOCS[doc])
-    rows += (cross_validated_fixed(rows) + cross_validated_fixed(rows, GOR_W4A4, FIXED_W4A4, "kd_fixed_cv_w4a4")
-             + cross_validated_fixed(rows, GOR_W4A4_E8, FIXED_W4A4_E8, "kd_fixed_cv_w4a4_e8"))
+    for cv, (ref, fixed) in SWEEPS.items():
+        rows += cross_validated_fixed(rows, ref, fixed, cv)
     steps = step_time_line(rows, "qat_w8a8", "fp_v8n_ft", 1.3) if doc == "docs/quantization.md" else ""
     return (targets_table(rows, distinct(targets(doc, rows))) + steps + "\nFrom the rows of the table above; this "
             "table: `python bench/fill_docs.py`")
@@ -332,7 +342,7 @@ def replace_between(text: str, tag: str, body: str) -> str:
 def main():
     gor = ROOT / "docs/gor.md"
     gor.write_text(replace_between(gor.read_text(), "gor-weights", gor_weights_block()))
-    for doc in ("docs/quantization.md", "docs/gor.md"):
+    for doc in TARGET_DOCS:
         p = ROOT / doc
         p.write_text(replace_between(p.read_text(), "targets", targets_block(doc)))
     for doc, names in DOCS.items():
