@@ -23,7 +23,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "bench"))
 
-from run import by_seed, pairs, per_seed, table, targets_table  # noqa: E402  (bench/run.py)
+from run import by_seed, load_suite, pairs, per_seed, table, targets_table  # noqa: E402  (bench/run.py)
 
 OUT = ROOT / "bench/results/synthetic"  # committed: bench/run.py --results
 SUITE = ROOT / "bench/suites/synthetic.yaml"  # the rows' definitions
@@ -292,7 +292,7 @@ def targets_block(doc: str) -> str:
 
 
 def moving_balance(names: list[str], runs: list[dict]) -> list[str]:
-    """The rows of ``names`` (in that order) whose suite entry (``runs``: the suite's ``runs`` list) distils with
+    """The rows of ``names`` (in that order) whose suite entry (``runs``: the suite's resolved ``runs``) distils with
     weights that move over training: teachers set and ``gor.balance.method`` (default: BalanceCfg's) one of the GoR
     forms, or ``fixed`` with a schedule (``w_kd_end``)."""
     from gor_det.balance import GoRBalancer
@@ -316,9 +316,7 @@ def gor_weights_block() -> str:
     epochs."""
     lines = ["| run | seed | w_task | w_kd | w_kd / w_task | per epoch | L_task | L_kd | L_task / L_kd |",
              "|---|---|---|---|---|---|---|---|---|"]
-    from gor_det.config import load_yaml
-
-    for n in moving_balance(DOCS["docs/gor.md"], load_yaml(SUITE)["runs"]):
+    for n in moving_balance(DOCS["docs/gor.md"], load_suite(SUITE)["runs"]):
         for f in sorted((OUT / n).glob("seed*/results.csv")):
             with open(f) as fh:
                 epochs = [{k.strip(): float(v) for k, v in r.items()} for r in csv.DictReader(fh)]

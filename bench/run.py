@@ -8,8 +8,10 @@
 A suite YAML holds ``data`` (synthetic preset, generated when missing), ``common`` (overrides for every training run),
 ``seeds``, and ``runs``: each with ``name`` and either ``cfg`` (+ ``overrides``) for a training run, ``kind: ptq``
 (calibrate ``weights`` only) or ``kind: ultralytics`` (stock Ultralytics trainer with its own args, e.g. the built-in
-``distill_model``). Strings may use ``{out}`` (the suite's output dir) and ``{seed}``. A run whose ``result.json``
-exists is not re-run, so an interrupted benchmark continues where it stopped.
+``distill_model``). Strings may use ``{out}`` (the suite's output dir) and ``{seed}``. A run with ``base: <row>``
+is that row with the run's own fields on top, nested mappings merged key by key (:func:`resolve_bases`), so a row
+names only what it changes. A run whose ``result.json`` exists is not re-run, so an interrupted benchmark continues
+where it stopped.
 
 Weights and training logs go to ``--out`` (default ``bench/out/<suite>``, not tracked by git); each finished row's
 ``result.json`` (the numbers, the date and the machine) and its Ultralytics ``results.csv`` are also written to
@@ -72,6 +74,59 @@ def fmt(v, key):
     if isinstance(v, dict):
         return {k: fmt(x, key) for k, x in v.items()}
     return v
+
+
+def merged(base: dict, over: dict) -> dict:
+    """``over`` on top of ``base``: mappings merged key by key, recursively; anything else (lists, scalars) replaced."""
+    out = dict(base)
+    for k, v in over.items():
+        out[k] = merged(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def resolve_bases(runs: list[dict]) -> list[dict]:
+    """The suite's ``runs`` with each ``base: <row>`` resolved: that row's fields (its own base resolved first; all
+    but ``name``) :func:`merged` under the run's own. E.g. ``{name: kd_fixed0.5_w8a8, base: kd_fixed0.2_w8a8,
+    overrides: {gor: {balance: {w_kd: 0.5}}}}`` keeps the base row's model, quantization and teacher. Raises
+    ``ValueError`` on a repeated row name, an unknown base (naming the nearest rows) or a cycle of bases."""
+    import difflib
+
+    names = [r["name"] for r in runs]
+    repeated = sorted({n for n in names if names.count(n) > 1})
+    if repeated:
+        raise ValueError(f"suite rows must have distinct names; repeated: {', '.join(repeated)}")
+    by_name, done = {r["name"]: r for r in runs}, {}
+
+    def resolve(name: str, chain: tuple[str, ...]) -> dict:
+        if name not in done:
+            run = by_name[name]
+            if "base" in run:
+                b = run["base"]
+                if b not in by_name:
+                    near = difflib.get_close_matches(str(b), names, n=3)
+                    hint = f"; did you mean {' or '.join(near)}?" if near else ""
+                    raise ValueError(f"suite row {name!r}: base {b!r} is not a row of the suite{hint}")
+                if b in chain + (name,):
+                    raise ValueError(f"suite rows form a cycle of bases: {' -> '.join(chain + (name, b))}")
+                parent = {k: v for k, v in resolve(b, chain + (name,)).items() if k != "name"}
+                run = merged(parent, {k: v for k, v in run.items() if k != "base"})
+            done[name] = run
+        return done[name]
+
+    return [resolve(n, ()) for n in names]
+
+
+def load_suite(path: str | Path) -> dict:
+    """The suite YAML at ``path`` with its runs' bases resolved (:func:`resolve_bases`); ``ConfigError`` when the
+    file is missing or invalid."""
+    from gor_det.config import ConfigError, load_yaml
+
+    suite = load_yaml(path)
+    try:
+        suite["runs"] = resolve_bases(suite.get("runs") or [])
+    except ValueError as e:
+        raise ConfigError(f"{path}: {e}") from None
+    return suite
 
 
 def train_row(run: dict, common: dict, extra: list[str], key: dict, out_dir: Path) -> dict:
@@ -367,10 +422,10 @@ def main():
                     help="rows run at once, each in its own process, started when the rows it reads are trained")
     ap.add_argument("overrides", nargs="*", help="key=value applied to every training run")
     a = ap.parse_args()
-    from gor_det.config import ConfigError, load_yaml
+    from gor_det.config import ConfigError
 
     try:
-        suite = load_yaml(a.suite)
+        suite = load_suite(a.suite)
     except ConfigError as e:
         sys.exit(f"error: {e}")
     from gor_det.data.synthetic import make_synthetic

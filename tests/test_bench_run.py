@@ -2,6 +2,7 @@
 
 import importlib.util
 import math
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -110,6 +111,51 @@ def test_prerequisites_are_the_rows_a_run_reads():
     # "fp_v8n" is a prefix of "fp_v8n_ft": a path of the one is not a path of the other
     ft = {"name": "q", "overrides": {"model": "{out}/fp_v8n_ft/seed{seed}/weights/best.pt"}}
     assert bench_run.prerequisites(ft, 0, names, out) == {("fp_v8n_ft", 0)}
+
+
+def test_merged_merges_mappings_and_replaces_the_rest():
+    base = {"epochs": 4, "gor": {"quant": {"w_bits": 8, "a_bits": 8}, "teachers": ["a.pt", "b.pt"]}}
+    over = {"epochs": 8, "gor": {"quant": {"w_bits": 4}, "teachers": ["c.pt"]}}
+    assert bench_run.merged(base, over) == {"epochs": 8, "gor": {"quant": {"w_bits": 4, "a_bits": 8},
+                                                                  "teachers": ["c.pt"]}}
+    assert base["gor"]["quant"] == {"w_bits": 8, "a_bits": 8}  # the base row is not changed
+
+
+def test_resolve_bases_through_a_chain_in_any_order():
+    runs = [{"name": "e8", "base": "w4", "overrides": {"epochs": 8}},  # its base is defined further down
+            {"name": "w8", "cfg": "ft.yaml", "seeds": [0],
+             "overrides": {"model": "m.pt", "gor": {"quant": {"w_bits": 8}}}},
+            {"name": "w4", "base": "w8", "overrides": {"gor": {"quant": {"w_bits": 4}}}}]
+    e8, w8, w4 = bench_run.resolve_bases(runs)
+    assert w8 == runs[1]
+    assert w4 == {"name": "w4", "cfg": "ft.yaml", "seeds": [0],
+                  "overrides": {"model": "m.pt", "gor": {"quant": {"w_bits": 4}}}}
+    assert e8 == {**w4, "name": "e8", "overrides": {**w4["overrides"], "epochs": 8}}
+    # the scheduler reads what a row inherits: e8 waits for the FP student its base fine-tunes
+    kd = bench_run.resolve_bases([{"name": "kd", "overrides": {"model": "{out}/fp/seed{seed}/w.pt"}},
+                                  {"name": "kd_e8", "base": "kd", "overrides": {"epochs": 8}}])[1]
+    assert bench_run.prerequisites(kd, 2, ["fp", "kd", "kd_e8"], Path("o")) == {("fp", 2)}
+
+
+@pytest.mark.parametrize("runs, message", [
+    ([{"name": "a", "cfg": "x.yaml"}, {"name": "b", "base": "qat_w8"}], "base 'qat_w8' is not a row"),
+    ([{"name": "qat_w8a8"}, {"name": "b", "base": "qat_w8"}], "did you mean qat_w8a8?"),
+    ([{"name": "a", "base": "b"}, {"name": "b", "base": "a"}], "cycle of bases: a -> b -> a"),
+    ([{"name": "a", "base": "a"}], "cycle of bases: a -> a"),
+    ([{"name": "a"}, {"name": "a"}], "repeated: a"),
+])
+def test_resolve_bases_rejects_bad_suites(runs, message):
+    with pytest.raises(ValueError, match=re.escape(message)):
+        bench_run.resolve_bases(runs)
+
+
+def test_load_suite_names_the_file_of_a_bad_base(tmp_path):
+    from gor_det.config import ConfigError
+
+    f = tmp_path / "s.yaml"
+    f.write_text("data: {preset: tiny}\nruns:\n  - {name: a, cfg: x.yaml}\n  - {name: b, base: c}\n")
+    with pytest.raises(ConfigError, match=re.escape(f"{f}: suite row 'b': base 'c' is not a row")):
+        bench_run.load_suite(f)
 
 
 def test_fixed_weight_picked_on_the_other_seeds():
@@ -240,9 +286,7 @@ def test_docs_rows_are_suite_rows_that_reproduce_sh_runs():
     """A benchmark row is named in four places (the suite, fill_docs.DOCS, the targets, bench/reproduce.sh): every row
     a docs table or target quotes must be defined in the suite and run by reproduce.sh, so `sh bench/reproduce.sh &&
     python bench/fill_docs.py` rebuilds every number docs/ quote."""
-    import yaml
-
-    suite = {r["name"] for r in yaml.safe_load(fill_docs.SUITE.read_text())["runs"]}
+    suite = {r["name"] for r in bench_run.load_suite(fill_docs.SUITE)["runs"]}
     made = reproduce_sh_rows()
     assert made <= suite, f"reproduce.sh runs rows the suite lacks: {sorted(made - suite)}"
     derived = set(fill_docs.SWEEPS)  # the cross-validated rows: computed by fill_docs, never run
