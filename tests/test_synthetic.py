@@ -7,6 +7,7 @@ import os
 import socket
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -14,6 +15,7 @@ import pytest
 import yaml
 
 import gor_det  # noqa: F401  (offline env before ultralytics)
+from gor_det.data import synthetic
 from gor_det.data.synthetic import CLASSES, PRESETS, STAMP_NAME, SynthSpec, is_complete, make_synthetic, render_image
 
 REPO = Path(__file__).resolve().parents[1]
@@ -183,6 +185,27 @@ def test_idempotent_and_interrupted(tmp_path):
     make_synthetic(root, "tiny", seed=3, n_train=3, n_val=2)
     assert len(list((root / "images/train").glob("*.jpg"))) == 3 and not (root / "labels/train.cache").exists()
     assert is_complete(root, "tiny", 3, n_train=3, n_val=2)
+
+
+def test_generation_waits_for_another_process(tmp_path, monkeypatch):
+    """Two runs started together on one root: the second waits on the lock, then finds the dataset complete and
+    rewrites nothing (before the lock, it deleted images the first one was training on)."""
+    root = tmp_path / "ds"
+    root.mkdir()
+    held = synthetic._exclusive(root / synthetic.LOCK_NAME)  # the first process, generating
+    held.__enter__()
+    got = {}
+    waiter = threading.Thread(target=lambda: got.update(y=make_synthetic(root, "tiny", seed=1, n_train=3, n_val=2)))
+    waiter.start()
+    waiter.join(1.0)
+    assert waiter.is_alive()  # blocked on the lock, not generating
+    synthetic._generate(root, "tiny", 1, synthetic._resolve_spec("tiny", {"n_train": 3, "n_val": 2}))
+    mtimes = {p: p.stat().st_mtime_ns for p in root.rglob("*")}
+    monkeypatch.setattr(synthetic, "_generate", lambda *a: pytest.fail("generated twice"))
+    held.__exit__(None, None, None)
+    waiter.join(30)
+    assert not waiter.is_alive() and got["y"] == root / "data.yaml"
+    assert {p: p.stat().st_mtime_ns for p in root.rglob("*")} == mtimes
 
 
 def test_errors(tmp_path):

@@ -50,6 +50,7 @@ preset give byte-identical labels and json, and identical images for the same Op
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -74,6 +75,7 @@ __all__ = [
 
 GENERATOR_VERSION = 1
 STAMP_NAME = ".synthetic_stamp.json"
+LOCK_NAME = ".synthetic.lock"  # held while generating (make_synthetic)
 CLASSES: tuple[str, ...] = (
     "circle",
     "triangle",
@@ -638,7 +640,9 @@ def make_synthetic(
     ``labels/{train,val}``, ``annotations``, ``data.yaml`` and Ultralytics' ``labels/*.cache``) are replaced, and the
     stamp is marked complete last, so an interrupted run is never taken for a finished one. A non-empty root that
     holds those paths but no stamp is refused (``FileExistsError``) unless ``force=True``; ``force`` also regenerates
-    a complete dataset.
+    a complete dataset. Generation holds an exclusive lock on ``root/.synthetic.lock`` (POSIX ``flock``) and re-checks
+    the stamp once it has the lock, so processes started together on one root (e.g. two bench runs) generate it once
+    and never delete files another one is reading.
 
     Raises ``ValueError`` for an unknown preset or invalid spec, ``TypeError`` for unknown overrides and ``OSError``
     when ``root`` cannot be written.
@@ -657,6 +661,32 @@ def make_synthetic(
             f"{root} holds a dataset that gor_det did not generate; pass force=True (CLI: --force) to overwrite it"
         )
 
+    with _exclusive(root / LOCK_NAME):
+        if not force and is_complete(root, preset, seed, **overrides):  # another process made it while we waited
+            return data_yaml
+        _generate(root, preset, seed, spec)
+    return data_yaml
+
+
+@contextlib.contextmanager
+def _exclusive(path: Path):
+    """Hold an exclusive advisory lock on ``path`` (created if missing) for the ``with`` block; blocks until free.
+    Where ``fcntl`` does not exist (Windows) the block runs unlocked."""
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - Windows
+        yield
+        return
+    with open(path, "a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def _generate(root: Path, preset: str, seed: int, spec: SynthSpec) -> None:
+    """Replace the managed paths of ``root`` by the dataset of ``spec`` and ``seed``, stamp marked complete last."""
     stamp = _stamp_payload(preset, seed, spec)
     _write_text(root / STAMP_NAME, json.dumps({**stamp, "complete": False}, indent=1))
     for p in _MANAGED:
@@ -690,7 +720,7 @@ def make_synthetic(
 
     names = "\n".join(f"  {i}: {n}" for i, n in enumerate(CLASSES))
     _write_text(
-        data_yaml,
+        root / "data.yaml",
         f"# gor_det synthetic shapes benchmark: preset={preset} seed={seed} (gor_det.data.synthetic)\n"
         f"path: {json.dumps(str(root))}\n"
         "train: images/train\n"
@@ -700,4 +730,3 @@ def make_synthetic(
         "coco_json: annotations/instances_val.json\n",
     )
     _write_text(root / STAMP_NAME, json.dumps({**stamp, "complete": True}, indent=1))
-    return data_yaml
