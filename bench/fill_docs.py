@@ -84,21 +84,27 @@ TARGET_DOCS = ("docs/quantization.md", "docs/gor.md")  # the docs with a targets
 
 
 def sweep_runs(rows: list[dict], ref: str = GOR_W8A8, fixed: list[str] = FIXED_W8A8) -> list[str]:
-    """The rows of the fixed-weight sweep that ran at every seed ``ref`` (the GoR row they are compared with) ran: a
-    weight run at fewer seeds (``kd_fixed8_w8a8``, two seeds in ``bench/reproduce.sh``) would otherwise shrink every
-    comparison to its seeds. Without ``ref`` rows (or if no sweep row covers them), every sweep row that ran."""
-    ref_seeds = by_seed(rows, ref).keys()
-    ran = [n for n in fixed if by_seed(rows, n)]
-    covering = [n for n in ran if ref_seeds and ref_seeds <= by_seed(rows, n).keys()]
-    return covering or ran
+    """The rows of the fixed-weight sweep that are compared (:func:`sweep_maps`), in ``fixed``'s order."""
+    return list(sweep_maps(rows, ref, fixed)[0])
 
 
 def sweep_maps(rows: list[dict], ref: str = GOR_W8A8,
                fixed: list[str] = FIXED_W8A8) -> tuple[dict[str, dict[int, float]], set[int]]:
-    """``{row: {seed: mAP}}`` of :func:`sweep_runs` and the seeds every one of them has run (the same seeds for each,
-    so a pick is not decided by which seeds a row happens to have)."""
-    m = {n: by_seed(rows, n) for n in sweep_runs(rows, ref, fixed)}
-    return m, (set.intersection(*(set(v) for v in m.values())) if m else set())
+    """``{row: {seed: mAP}}`` of the sweep rows compared and the seeds they are compared on (the same seeds for
+    each, so a pick is not decided by which seeds a row happens to have). Of the rows of ``fixed`` that ran, the
+    subset whose common seeds (within those ``ref``, the GoR row they are compared with, ran; all if it ran none)
+    hold the most results, rows x seeds, the more seeds on a tie: a weight run at fewer seeds (``kd_fixed8_w8a8``, two
+    seeds) is left out rather than shrink every comparison to its seeds, and a seed only one weight ran besides GoR
+    is left out rather than drop the other weights."""
+    ran = {n: by_seed(rows, n) for n in fixed if by_seed(rows, n)}
+    allowed = set(by_seed(rows, ref)) or {k for m in ran.values() for k in m}
+    best, best_seeds = [], set()
+    for mask in range(1, 2 ** len(ran)):  # at most a handful of weights: every subset
+        names = [n for i, n in enumerate(ran) if mask >> i & 1]
+        seeds = allowed.intersection(*(ran[n].keys() for n in names))
+        if (len(names) * len(seeds), len(seeds)) > (len(best) * len(best_seeds), len(best_seeds)):
+            best, best_seeds = names, seeds
+    return {n: ran[n] for n in best}, best_seeds
 
 
 def best_fixed(rows: list[dict], ref: str = GOR_W8A8, fixed: list[str] = FIXED_W8A8) -> str:

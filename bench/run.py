@@ -208,12 +208,26 @@ def run_one(run, suite, extra, key, out_root: Path, res_root: Path, data: Path) 
 
 
 def machine() -> str:
-    """``x86_64, 2 CPU cores, torch 2.14.1+cu130, ultralytics 8.4.190``: where a row ran."""
+    """``x86_64 AMD EPYC (AVX2 kernels), 2 CPU cores, torch 2.14.1+cu130, ultralytics 8.4.190``: where a row ran.
+    The CPU and the vector ISA torch's kernels use are named because float results, hence trained weights, differ
+    between them (stage 1 re-trained on an AVX2 VM on 2026-12-01 did not reproduce the committed models; rows from
+    different machines do not pair)."""
     import torch
     import ultralytics
 
-    return (f"{platform.machine()}, {os.cpu_count()} CPU cores, torch {torch.__version__}, "
-            f"ultralytics {ultralytics.__version__}")
+    return (f"{platform.machine()} {cpu_model()} ({torch.backends.cpu.get_cpu_capability()} kernels), "
+            f"{os.cpu_count()} CPU cores, torch {torch.__version__}, ultralytics {ultralytics.__version__}")
+
+
+def cpu_model() -> str:
+    """The CPU's model name (Linux ``/proc/cpuinfo``; elsewhere ``platform.processor()``), or ``unknown CPU``."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown CPU"
 
 
 def mean_std(xs):

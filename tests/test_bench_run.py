@@ -95,6 +95,7 @@ def test_run_one_archives_the_row_and_reuses_it(tiny_data, tmp_path):
     saved = json.loads((res / "ptq_w8a8/seed3/result.json").read_text())
     assert json.dumps(saved) == json.dumps(row) and saved["seed"] == 3  # (dumps: s_per_it is NaN for PTQ) and 0 <= saved["mAP50-95"] <= 1
     assert saved["date"] and "torch" in saved["machine"]
+    assert f"({torch.backends.cpu.get_cpu_capability()} kernels)" in saved["machine"]  # numerics differ by ISA
     assert (out / "ptq_w8a8/seed3/weights/best.pt").exists() and not list(res.rglob("*.pt"))
     (tmp_path / "fp.pt").unlink()  # nothing left to run from: the archived row must be what comes back
     again = bench_run.run_one(run, suite, [], {"out": str(out), "seed": 3}, out, res, tiny_data)
@@ -180,6 +181,13 @@ def test_fixed_weight_picked_on_the_other_seeds():
     cv4 = fill_docs.cross_validated_fixed(sweep + w4, "kd_gorgrad_w4a4", fill_docs.FIXED_W4A4, "cv4")
     assert [(r["name"], r["seed"], r["pick"], r["mAP50-95"]) for r in cv4] == [
         ("cv4", 0, "kd_fixed2_w4a4", 0.25), ("cv4", 1, "kd_fixed0.5_w4a4", 0.25)]
+    # a seed that the GoR row and one weight alone ran is left out rather than drop the other weights (W4A4 8 epochs:
+    # seed 5 of GoR and w_kd 0.2 trained on stage-1 models that could not be re-made for the others)
+    e8 = (rows("kd_fixed0.2_w4a4_e8", {0: 0.27, 1: 0.26, 2: 0.27}) + rows("kd_fixed0.5_w4a4_e8", {0: 0.28, 1: 0.27})
+          + rows("kd_fixed1_w4a4_e8", {0: 0.26, 1: 0.26}) + rows(fill_docs.GOR_W4A4_E8, {0: 0.3, 1: 0.3, 2: 0.3}))
+    m, seeds = fill_docs.sweep_maps(e8, fill_docs.GOR_W4A4_E8, fill_docs.FIXED_W4A4_E8)
+    assert list(m) == fill_docs.FIXED_W4A4_E8 and seeds == {0, 1}
+    assert fill_docs.best_fixed(e8, fill_docs.GOR_W4A4_E8, fill_docs.FIXED_W4A4_E8) == "kd_fixed0.5_w4a4_e8"
     # none ran: the sweep's first row (the table then shows it as missing)
     assert fill_docs.best_fixed(sweep, "kd_gorgrad_w4a4", fill_docs.FIXED_W4A4) == fill_docs.FIXED_W4A4[0]
 
