@@ -83,11 +83,6 @@ SWEEPS = {"kd_fixed_cv_w8a8": (GOR_W8A8, FIXED_W8A8), "kd_fixed_cv_w4a4": (GOR_W
 TARGET_DOCS = ("docs/quantization.md", "docs/gor.md")  # the docs with a targets block
 
 
-def sweep_runs(rows: list[dict], ref: str = GOR_W8A8, fixed: list[str] = FIXED_W8A8) -> list[str]:
-    """The rows of the fixed-weight sweep that are compared (:func:`sweep_maps`), in ``fixed``'s order."""
-    return list(sweep_maps(rows, ref, fixed)[0])
-
-
 def sweep_maps(rows: list[dict], ref: str = GOR_W8A8,
                fixed: list[str] = FIXED_W8A8) -> tuple[dict[str, dict[int, float]], set[int]]:
     """``{row: {seed: mAP}}`` of the sweep rows compared and the seeds they are compared on (the same seeds for

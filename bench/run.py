@@ -89,7 +89,7 @@ def resolve_bases(runs: list[dict]) -> list[dict]:
     but ``name``) :func:`merged` under the run's own. E.g. ``{name: kd_fixed0.5_w8a8, base: kd_fixed0.2_w8a8,
     overrides: {gor: {balance: {w_kd: 0.5}}}}`` keeps the base row's model, quantization and teacher. Raises
     ``ValueError`` on a repeated row name, an unknown base (naming the nearest rows) or a cycle of bases."""
-    import difflib
+    from gor_det.config import suggest
 
     names = [r["name"] for r in runs]
     repeated = sorted({n for n in names if names.count(n) > 1})
@@ -103,9 +103,7 @@ def resolve_bases(runs: list[dict]) -> list[dict]:
             if "base" in run:
                 b = run["base"]
                 if b not in by_name:
-                    near = difflib.get_close_matches(str(b), names, n=3)
-                    hint = f"; did you mean {' or '.join(near)}?" if near else ""
-                    raise ValueError(f"suite row {name!r}: base {b!r} is not a row of the suite{hint}")
+                    raise ValueError(f"suite row {name!r}: base {b!r} is not a row of the suite{suggest(b, names)}")
                 if b in chain + (name,):
                     raise ValueError(f"suite rows form a cycle of bases: {' -> '.join(chain + (name, b))}")
                 parent = {k: v for k, v in resolve(b, chain + (name,)).items() if k != "name"}

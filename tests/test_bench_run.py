@@ -140,7 +140,7 @@ def test_resolve_bases_through_a_chain_in_any_order():
 
 @pytest.mark.parametrize("runs, message", [
     ([{"name": "a", "cfg": "x.yaml"}, {"name": "b", "base": "qat_w8"}], "base 'qat_w8' is not a row"),
-    ([{"name": "qat_w8a8"}, {"name": "b", "base": "qat_w8"}], "did you mean qat_w8a8?"),
+    ([{"name": "qat_w8a8"}, {"name": "b", "base": "qat_w8"}], "(did you mean 'qat_w8a8'?)"),
     ([{"name": "a", "base": "b"}, {"name": "b", "base": "a"}], "cycle of bases: a -> b -> a"),
     ([{"name": "a", "base": "a"}], "cycle of bases: a -> a"),
     ([{"name": "a"}, {"name": "a"}], "repeated: a"),
@@ -170,7 +170,7 @@ def test_fixed_weight_picked_on_the_other_seeds():
     assert fill_docs.best_fixed(sweep) == "kd_fixed0.5_w8a8"  # in hindsight, on the same seeds: 1.01 vs 0.98
     # a weight run at fewer seeds is left out of the pick rather than shrinking it to its seeds
     sweep += rows("kd_fixed8_w8a8", {0: 0.9, 1: 0.9}) + rows(fill_docs.GOR_W8A8, {0: 0.3, 1: 0.3, 2: 0.3})
-    assert fill_docs.sweep_runs(sweep) == ["kd_fixed0.5_w8a8", "kd_fixed2_w8a8"]
+    assert list(fill_docs.sweep_maps(sweep)[0]) == ["kd_fixed0.5_w8a8", "kd_fixed2_w8a8"]
     assert fill_docs.best_fixed(sweep) == "kd_fixed0.5_w8a8"
     assert [r["seed"] for r in fill_docs.cross_validated_fixed(sweep)] == [0, 1, 2]
     # the W4A4 sweep is picked among its own rows, on the seeds its GoR row ran
