@@ -269,6 +269,59 @@ def _build(cls, data: dict, where: str):
     return obj
 
 
+# (dotted key, low, high, low inclusive, high inclusive, what the value is) of every bounded number in the gor:
+# section; None leaves that side open. Checked by parse_gor; an optional value (None) is not checked.
+RANGES: tuple[tuple[str, float | None, float | None, bool, bool, str], ...] = (
+    ("distill.feat", 0, None, True, False, "weight of feature KD in L_kd; 0 turns it off"),
+    ("distill.feat_tau", 0, None, False, False, "CWD temperature, e.g. 1"),
+    ("distill.cls", 0, None, True, False, "weight of class-logit KD in L_kd; 0 turns it off"),
+    ("distill.cls_T", 0, None, False, False, "class-logit KD temperature, e.g. 2"),
+    ("distill.box", 0, None, True, False, "weight of box KD in L_kd; 0 turns it off"),
+    ("distill.box_T", 0, None, False, False, "box KD temperature, e.g. 1"),
+    ("balance.w_task", 0, None, True, False, "task-loss weight (the GoR forms start at s = -log w: > 0 there)"),
+    ("balance.w_kd", 0, None, True, False, "KD-loss weight (the GoR forms start at s = -log w: > 0 there)"),
+    ("quant.calib_batches", 1, None, True, False, "training batches that initialise the step sizes, e.g. 8"),
+    ("quant.percentile", 50, 100, False, True, "percent of |x| kept inside the range by calib=percentile, e.g. 99.99"),
+    ("quant.freeze_bn_epoch", -1, None, True, False, "-1: never freeze BN statistics"),
+    ("quant.scale_lr", 0, None, False, False, "lr of the step sizes; null: the trainer's lr"),
+    ("export.imgsz", 32, None, True, False, "export image size in pixels; null: the training imgsz"),
+    ("threads", 1, None, True, False, "torch CPU threads; null: all cores up to 8"),
+)
+
+
+def _range_text(lo, hi, lo_incl: bool, hi_incl: bool) -> str:
+    """``> 0``, ``>= 1``, ``50 < x <= 100``."""
+    if hi is None:
+        return f"{'>=' if lo_incl else '>'} {lo}"
+    if lo is None:
+        return f"{'<=' if hi_incl else '<'} {hi}"
+    return f"{lo} {'<=' if lo_incl else '<'} x {'<=' if hi_incl else '<'} {hi}"
+
+
+def _check_ranges(cfg: GorCfg) -> None:
+    """One ConfigError line for the first value outside :data:`RANGES`: key, bad value and the valid range."""
+    for dotted, lo, hi, lo_incl, hi_incl, what in RANGES:
+        *path, name = dotted.split(".")
+        holder = cfg
+        for part in path:
+            holder = getattr(holder, part)
+        if holder is None:  # gor.quant absent: nothing to check there
+            continue
+        v = getattr(holder, name)
+        if v is None or isinstance(v, str):
+            continue
+        ok = math.isfinite(v)
+        ok = ok and (lo is None or (v >= lo if lo_incl else v > lo)) and (hi is None or (v <= hi if hi_incl else v < hi))
+        if not ok:
+            raise ConfigError(f"gor.{dotted}={v} is out of range; use {_range_text(lo, hi, lo_incl, hi_incl)} ({what})")
+    b = cfg.balance
+    if b.method.startswith("gor"):
+        for name in ("w_task", "w_kd"):
+            if getattr(b, name) <= 0:
+                raise ConfigError(f"gor.balance.{name}={getattr(b, name)} is out of range for method={b.method}; use "
+                                  "> 0 (the GoR forms start at s = -log w; method=fixed takes 0 to drop a term)")
+
+
 def parse_gor(section: dict | None) -> GorCfg:
     """Build a :class:`GorCfg` from the ``gor:`` mapping (None or {} gives the defaults: plain training)."""
     section = dict(section or {})
@@ -302,6 +355,7 @@ def parse_gor(section: dict | None) -> GorCfg:
         if b.schedule == "exp" and not (b.w_kd > 0 and b.w_kd_end > 0):
             raise ConfigError(f"gor.balance.schedule=exp needs w_kd > 0 and w_kd_end > 0 (got {b.w_kd} -> "
                               f"{b.w_kd_end}); use schedule=linear to reach 0")
+    _check_ranges(cfg)
     if cfg.balance.grad_every < 1:
         raise ConfigError(f"gor.balance.grad_every={cfg.balance.grad_every} must be >= 1 (1: measure every step)")
     if cfg.export.calib_images < 1:

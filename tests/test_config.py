@@ -74,6 +74,24 @@ def test_quant_shorthand():
          "gor.balance.schedule=exp needs w_kd > 0 and w_kd_end > 0 (got 1.0 -> 0.0); use schedule=linear"),
         (["gor.balance.schedule=cosine"], "gor.balance.schedule='cosine' is not one of linear, exp"),
         (["epochs"], "override 'epochs' must look like key=value"),
+        (["gor.distill.cls_T=0"], "gor.distill.cls_T=0.0 is out of range; use > 0 (class-logit KD temperature"),
+        (["gor.distill.cls_T=-1"], "gor.distill.cls_T=-1.0 is out of range; use > 0"),
+        (["gor.distill.box_T=.nan"], "gor.distill.box_T=nan is out of range; use > 0"),
+        (["gor.distill.feat_tau=0"], "gor.distill.feat_tau=0.0 is out of range; use > 0"),
+        (["gor.distill.feat=-0.5"], "gor.distill.feat=-0.5 is out of range; use >= 0 (weight of feature KD"),
+        (["gor.distill.cls=-1"], "gor.distill.cls=-1.0 is out of range; use >= 0"),
+        (["gor.distill.box=-1"], "gor.distill.box=-1.0 is out of range; use >= 0"),
+        (["gor.balance.method=fixed", "gor.balance.w_kd=-1"], "gor.balance.w_kd=-1.0 is out of range; use >= 0"),
+        (["gor.balance.method=fixed", "gor.balance.w_task=-2"], "gor.balance.w_task=-2.0 is out of range; use >= 0"),
+        (["gor.balance.w_kd=0"], "gor.balance.w_kd=0.0 is out of range for method=gor_lookahead; use > 0"),
+        (["gor.balance.w_kd=.inf"], "gor.balance.w_kd=inf is out of range; use >= 0"),
+        (["gor.quant.calib_batches=0"], "gor.quant.calib_batches=0 is out of range; use >= 1 (training batches"),
+        (["gor.quant.percentile=150"], "gor.quant.percentile=150.0 is out of range; use 50 < x <= 100 (percent"),
+        (["gor.quant.percentile=0"], "gor.quant.percentile=0.0 is out of range; use 50 < x <= 100"),
+        (["gor.quant.freeze_bn_epoch=-2"], "gor.quant.freeze_bn_epoch=-2 is out of range; use >= -1"),
+        (["gor.quant.scale_lr=0"], "gor.quant.scale_lr=0.0 is out of range; use > 0"),
+        (["gor.export.imgsz=0"], "gor.export.imgsz=0 is out of range; use >= 32"),
+        (["gor.threads=0"], "gor.threads=0 is out of range; use >= 1"),
     ],
 )
 def test_bad_input_is_one_clear_line(overrides, message):
@@ -81,6 +99,13 @@ def test_bad_input_is_one_clear_line(overrides, message):
         load_run_cfg(None, overrides, UL_KEYS)
     assert str(e.value).startswith(message)
     assert "\n" not in str(e.value)
+
+
+def test_values_on_the_edge_of_their_range_are_accepted():
+    g = parse_gor({"distill": {"feat": 0, "cls": 0, "box": 0, "cls_T": 0.5},
+                   "balance": {"method": "fixed", "w_task": 0, "w_kd": 0},
+                   "quant": {"calib_batches": 1, "percentile": 100, "freeze_bn_epoch": -1}, "threads": 1})
+    assert g.quant.percentile == 100.0 and g.balance.w_task == 0.0 and g.distill.cls_T == 0.5
 
 
 def test_missing_and_invalid_cfg_file(tmp_path):
