@@ -70,11 +70,14 @@ def test_ddp_worker_rebuilds_trainer_with_gor_cfg(tiny_data, tmp_path):
         (["--cfg", "nope.yaml"], "error: cfg file not found: nope.yaml"),
         (["--cfg", "cfg/demo_teacher.yaml", "epocs=3"], "error: unknown key 'epocs' in the run cfg"),
         (["--cfg", "cfg/demo_teacher.yaml", "data=missing/data.yaml"], "error: data not found: missing/data.yaml"),
-        (["--cfg", "cfg/demo_student.yaml", "data=cfg/demo_teacher.yaml", "model=yolov8n.yaml",
+        (["--cfg", "cfg/demo_student.yaml", "data={tiny_data}", "model=yolov8n.yaml",
           "gor.teachers=[no/teacher.pt]"], "error: teacher checkpoint not found: no/teacher.pt"),
+        (["--cfg", "cfg/demo_student.yaml", "data=cfg/demo_teacher.yaml", "model=yolov8n.yaml"],
+         "error: dataset cfg/demo_teacher.yaml is not a valid Ultralytics data yaml"),
     ],
 )
-def test_cli_bad_input_one_line(args, message):
+def test_cli_bad_input_one_line(args, message, tiny_data):
+    args = [a.format(tiny_data=tiny_data) for a in args]
     out = subprocess.run([sys.executable, "tools/train_det.py", *args], capture_output=True, text=True, cwd=ROOT,
                          timeout=120)
     assert out.returncode == 2, out.stderr[-2000:]
@@ -104,3 +107,4 @@ def test_relative_project_is_relative_to_cwd(tiny_data, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     run = resolve_run_cfg(None, [f"data={tiny_data}", "model=yolov8n.yaml", "project=runs/x"])
     assert run.ultralytics["project"] == str(tmp_path / "runs" / "x")
+

@@ -15,7 +15,7 @@ def run_cli(main: Callable[[], int | None]) -> None:
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
-    except KeyboardInterrupt:
-        print("interrupted: the last complete checkpoint is weights/last.pt; continue with resume=<it>", file=sys.stderr)
+    except KeyboardInterrupt as e:  # train_det's message says what is saved (gor_det.engine.run.Interrupted)
+        print(str(e) or "interrupted", file=sys.stderr)
         sys.exit(130)
     sys.exit(code or 0)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import yaml
@@ -38,32 +39,58 @@ def absolute_project(run: RunCfg) -> None:
 
 
 def check_inputs(run: RunCfg) -> None:
-    """Fail early, in one line, on the mistakes that otherwise end deep inside Ultralytics or in a download attempt."""
+    """Fail early, in one line, on what the command line lacks; the trainer's preflight
+    (:mod:`gor_det.engine.preflight`) checks everything else before the run folder is touched."""
     u = run.ultralytics
     if u.get("resume"):
         return
-    data = u.get("data")
-    if not data:
+    if not u.get("data"):
         raise ConfigError("no 'data' given: set data: path/to/data.yaml (make one with tools/make_synthetic.py)")
-    if not Path(str(data)).exists():
-        raise ConfigError(
-            f"data not found: {data} (nothing is downloaded; generate the synthetic set with "
-            "`python tools/make_synthetic.py --preset demo --out datasets/synth_demo` or point data= at a local yaml)"
-        )
-    model = str(u.get("model") or "")
-    if not model:
+    if not u.get("model"):
         raise ConfigError("no 'model' given: set model: yolov8n.yaml (random init) or a local .pt checkpoint")
-    if model.endswith(".pt") and not Path(model).is_file():
-        raise ConfigError(f"student model not found: {model} (must be a local .pt; nothing is downloaded)")
-    for i, t in enumerate(run.gor.teachers):
-        if not t.model:
-            raise ConfigError(f"gor.teachers[{i}] has no 'model' (a local .pt, or a YAML with weights)")
-        if t.model.endswith(".pt") and not Path(t.model).is_file():
-            raise ConfigError(f"teacher checkpoint not found: {t.model} (gor.teachers[{i}].model must be a local .pt)")
+
+
+class Interrupted(KeyboardInterrupt):
+    """Ctrl-C during :func:`train`; its message says what of the run is saved and how to go on (one line)."""
 
 
 def train(run: RunCfg):
-    """Train one run; returns the trainer (``trainer.best``, ``trainer.metrics``, ``trainer.save_dir``)."""
-    trainer = make_trainer_class(run.gor)(overrides=dict(run.ultralytics))
-    trainer.train()
+    """Train one run; returns the trainer (``trainer.best``, ``trainer.metrics``, ``trainer.save_dir``).
+
+    Ctrl-C raises :class:`Interrupted` with what is true about the checkpoints (:func:`interrupt_message`)."""
+    trainer, started = None, time.time()
+    try:
+        trainer = make_trainer_class(run.gor)(overrides=dict(run.ultralytics))
+        trainer.train()
+    except KeyboardInterrupt:
+        raise Interrupted(interrupt_message(trainer, started)) from None
     return trainer
+
+
+def interrupt_message(trainer, started: float) -> str:
+    """What an interrupted run leaves: a resumable ``weights/last.pt`` of this run (written after ``started``, or the
+    one a resumed run started from), or nothing to resume."""
+    from ultralytics.utils.patches import torch_load
+
+    if trainer is None:
+        return "interrupted before training started: nothing was saved"
+    epochs = getattr(trainer, "epochs", "?")
+    where = (f"in epoch {trainer.epoch + 1}/{epochs}" if hasattr(trainer, "epoch")
+             else "during training" if getattr(trainer, "ddp", False) else "while setting up training")
+    last = Path(trainer.last)
+    ckpt = None
+    if last.is_file() and (trainer.resume or last.stat().st_mtime >= started):
+        try:
+            ckpt = torch_load(str(last), map_location="cpu")
+        except Exception:
+            ckpt = None
+    if isinstance(ckpt, dict) and ckpt.get("optimizer") is not None:
+        done = int(ckpt.get("epoch", -1)) + 1
+        return (f"interrupted {where}: epochs 1-{done} are saved in {last}; continue with "
+                f"`python tools/train_det.py resume={last}`")
+    if isinstance(ckpt, dict):
+        return f"interrupted after the last epoch (final validation): the trained weights are in {last.parent}"
+    note = f" ({last} is an earlier run's)" if last.is_file() else ""
+    return (f"interrupted {where}, before any epoch of this run completed: nothing was saved and there is no "
+            f"checkpoint to resume{note}; start the run again (each completed epoch writes a resumable "
+            f"weights/last.pt)")

@@ -38,6 +38,7 @@ from gor_det.balance import sync_bits
 from gor_det.config import GorCfg
 from gor_det.engine import callbacks as gcb
 from gor_det.engine.criterion import build_kd_modules
+from gor_det.engine.preflight import preflight
 from gor_det.engine.teachers import TeacherSet
 from gor_det.quant import calibrate, is_qat, prepare_qat, quant_scale_parameters
 
@@ -63,14 +64,23 @@ class GorDetectionTrainer(DetectionTrainer):
     gor_cfg: GorCfg | None = None  # bound per run by make_trainer_class (travels to DDP workers with the class)
 
     def __init__(self, cfg=DEFAULT_CFG, overrides=None, _callbacks=None):
+        # every check that can fail the start runs before Ultralytics creates (or cleans) the run folder; DDP workers
+        # are rebuilt from arguments their launcher already checked
+        checked = preflight(self.gor_cfg or GorCfg(), cfg, overrides) if RANK == -1 else None
         super().__init__(cfg, overrides, _callbacks)
         self.gor = self.gor_cfg or GorCfg()
-        self.teachers = TeacherSet(self.gor.teachers, self.data["names"]) if self.gor.distilling else None
+        self.teachers = self._teacher_set(checked) if self.gor.distilling else None
         self._needs_calibration = False
         for event, fn in gcb.TRAINER_CALLBACKS:
             self.add_callback(event, fn)
         if RANK in {-1, 0}:
             (self.save_dir / "gor_cfg.yaml").write_text(yaml.safe_dump(self.gor.to_dict(), sort_keys=False))
+
+    def _teacher_set(self, checked) -> TeacherSet:
+        """The teachers preflight already loaded when they were checked for the same classes, else a lazy set."""
+        loaded = getattr(checked, "teachers", None)
+        fresh = TeacherSet(self.gor.teachers, self.data["names"])
+        return loaded if loaded is not None and loaded.student_names == fresh.student_names else fresh
 
     # ---------------------------------------------------------------------------------------------------------------
     # Model
