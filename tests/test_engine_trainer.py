@@ -108,3 +108,47 @@ def test_relative_project_is_relative_to_cwd(tiny_data, tmp_path, monkeypatch):
     run = resolve_run_cfg(None, [f"data={tiny_data}", "model=yolov8n.yaml", "project=runs/x"])
     assert run.ultralytics["project"] == str(tmp_path / "runs" / "x")
 
+
+class _StopAfterFirstEpoch(Exception):
+    pass
+
+
+def _recording(trainer_cls):
+    """A subclass that records every training batch: (epoch, image files, instances, pixel sum after augmentation)."""
+
+    class Recording(trainer_cls):
+        seen: list = []
+
+        def preprocess_batch(self, batch):
+            if hasattr(self, "epoch") and self.model.training:  # training batches, not calibration or validation
+                type(self).seen.append((self.epoch, [Path(f).name for f in batch["im_file"]], int(batch["cls"].shape[0]),
+                                        float(batch["img"].double().sum())))
+            return super().preprocess_batch(batch)
+
+    Recording.seen = []
+    return Recording
+
+
+@pytest.mark.parametrize("close_mosaic", [1, 2])  # mosaic closes after the resumed epoch / at it
+def test_resume_continues_the_data_stream(tiny_data, tmp_path, close_mosaic):
+    """Interrupted after epoch 1 of 3 and resumed, the run trains on the batches (image order, augmentation, mosaic
+    partners) the uninterrupted run trains on, instead of replaying epoch 1's."""
+    ov = dict(epochs=3, close_mosaic=close_mosaic, val=False)
+    full = _recording(make_trainer_class(GorCfg(threads=1)))
+    full(overrides=tiny_overrides(tiny_data, tmp_path, "full", **ov)).train()
+
+    first = _recording(make_trainer_class(GorCfg(threads=1)))
+    trainer = first(overrides=tiny_overrides(tiny_data, tmp_path, "cut", **ov))
+
+    def stop(tr):
+        if tr.epoch == 0:
+            raise _StopAfterFirstEpoch
+
+    trainer.add_callback("on_fit_epoch_end", stop)
+    with pytest.raises(_StopAfterFirstEpoch):
+        trainer.train()
+    resumed = _recording(make_trainer_class(GorCfg(threads=1)))
+    resumed(overrides={"resume": str(trainer.last)}).train()
+
+    assert [s[0] for s in resumed.seen][:1] == [1]
+    assert first.seen + resumed.seen == full.seen

@@ -13,6 +13,8 @@ import torch
 from ultralytics.utils import LOGGER, RANK
 from ultralytics.utils.torch_utils import unwrap_model
 
+from gor_det.engine import datastream
+
 
 def default_threads() -> int:
     """Torch intra-op threads for CPU training: all cores up to 8.
@@ -147,6 +149,8 @@ TRAINER_CALLBACKS = [  # (event, callback) in the order they run
     ("on_pretrain_routine_end", attach_kd),
     ("on_train_start", set_threads),
     ("on_val_start", reapply_threads),
+    ("on_train_epoch_start", datastream.restore_on_resume),  # first: before anything of the epoch draws
+    ("on_train_batch_start", datastream.release_generator),
     ("on_train_epoch_start", exact_gor_scalars),
     ("on_train_epoch_start", quant_schedule),
     ("on_train_epoch_start", freeze_bn_stats),

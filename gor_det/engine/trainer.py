@@ -37,6 +37,7 @@ from ultralytics.utils.torch_utils import unwrap_model
 from gor_det.balance import sync_bits
 from gor_det.config import GorCfg
 from gor_det.engine import callbacks as gcb
+from gor_det.engine import datastream
 from gor_det.engine.criterion import build_kd_modules
 from gor_det.engine.preflight import preflight
 from gor_det.engine.teachers import TeacherSet
@@ -107,6 +108,12 @@ class GorDetectionTrainer(DetectionTrainer):
                 p.requires_grad_(False)
         model.gor_cfg = g.to_dict()  # plain dict: records the run cfg in every checkpoint, loadable anywhere
         return model
+
+    def setup_model(self):
+        """Stock model setup; a resumed run also keeps its checkpoint's data-stream state for its first epoch."""
+        ckpt = super().setup_model()
+        self.gor_resume_stream = datastream.of_checkpoint(ckpt) if self.resume else None
+        return ckpt
 
     # ---------------------------------------------------------------------------------------------------------------
     # Optimizer: calibration first (see module docstring), then own groups for GoR scalars and step sizes
@@ -201,14 +208,17 @@ class GorDetectionTrainer(DetectionTrainer):
     # Checkpoints and logs
     # ---------------------------------------------------------------------------------------------------------------
     def save_model(self):
-        """Stock checkpoint content, written atomically: to ``*.tmp`` first, then ``os.replace`` (no torn last.pt)."""
+        """Stock checkpoint content plus the data-stream state (:mod:`gor_det.engine.datastream`, on the EMA model it
+        holds), written atomically: to ``*.tmp`` first, then ``os.replace`` (no torn last.pt)."""
         final = (self.last, self.best)
         tmp = tuple(p.with_name(p.name + ".tmp") for p in final)
         self.last, self.best = tmp
+        setattr(self.ema.ema, datastream.ATTR, datastream.capture(self))
         try:
             ok = super().save_model()
         finally:
             self.last, self.best = final
+            delattr(self.ema.ema, datastream.ATTR)
         for t, f in zip(tmp, final):
             if t.exists():
                 os.replace(t, f)
