@@ -14,6 +14,7 @@ $PY tools/train_det.py --cfg cfg/demo_teacher.yaml "$@"
 $PY tools/train_det.py --cfg cfg/demo_student_fp.yaml "$@"
 $PY tools/train_det.py --cfg cfg/demo_student.yaml "$@"
 STUDENT=runs/demo/student_qat_kd_gor/weights/best.pt
+$PY -c "from gor_det.engine.plots import plot_gor_curves as p; p('runs/demo/student_qat_kd_gor/results.csv', 'runs/demo/student_qat_kd_gor/gor_curves.png')"
 $PY tools/export_det.py --model "$STUDENT" --data "$DATA" --out runs/demo/export
 $PY tools/val_det.py --data "$DATA" --out runs/demo/eval --table runs/demo/results.md \
   --model runs/demo/teacher/weights/best.pt runs/demo/student_fp/weights/best.pt "$STUDENT" \

@@ -570,3 +570,18 @@ def test_nan_recovery_restores_quantizers_adapters_and_scalars(tiny_data, teache
     assert s_task.dtype == torch.float32 and torch.equal(torch.stack([s_task, s_kd]), exact)
     assert float(exact[0]) != float(saved.kd["gor"].s_task.float())  # fp16 in the checkpoint: only the bits are exact
     assert trainer.best.exists()
+
+
+@pytest.mark.parametrize("plots", [False, True])
+def test_gor_curves_honour_plots(plots, tmp_path):
+    from types import SimpleNamespace
+
+    from gor_det.engine.callbacks import plot_gor
+
+    csv = tmp_path / "results.csv"
+    csv.write_text("epoch,train/box_loss,train/kd_cls,train/w_task,train/w_kd,gor/s_task,gor/s_kd\n"
+                   "1,1.0,0.5,1.0,1.0,0.0,0.0\n2,0.9,0.4,0.9,1.1,0.1,-0.1\n")
+    trainer = SimpleNamespace(gor=parse_gor({"teachers": ["t.pt"]}), args=SimpleNamespace(plots=plots), csv=csv,
+                              save_dir=tmp_path)
+    plot_gor(trainer)
+    assert (tmp_path / "gor_curves.png").exists() == plots

@@ -134,8 +134,9 @@ def balance_progress(trainer) -> None:
 
 
 def plot_gor(trainer) -> None:
-    """Save ``gor_curves.png``: the two balance weights and the loss terms per epoch (from results.csv)."""
-    if RANK not in {-1, 0} or not trainer.gor.distilling or not trainer.csv.exists():
+    """Save ``gor_curves.png``: the two balance weights and the loss terms per epoch (from results.csv), unless the
+    run says ``plots: false`` (as for Ultralytics' own plots)."""
+    if RANK not in {-1, 0} or not trainer.gor.distilling or not trainer.args.plots or not trainer.csv.exists():
         return
     try:
         from gor_det.engine.plots import plot_gor_curves
