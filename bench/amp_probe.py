@@ -97,9 +97,9 @@ def output_sum(y):
 def students(imgsz: int, cfg: str = "yolov8n.yaml"):
     """``(stock FP model, W8A8 QAT model of the same weights)``, random init, train mode."""
     import torch
+    from steps import NC, build_student
 
     from gor_det.config import QuantCfg
-    from steps import NC, build_student
 
     calib = torch.rand(2, 3, imgsz, imgsz, generator=torch.Generator().manual_seed(0))
     return build_student(cfg, NC, calib), build_student(cfg, NC, calib, QuantCfg())

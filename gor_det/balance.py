@@ -169,21 +169,40 @@ def gor_scalars(params: nn.Module) -> dict[str, float]:
     return {"s_task": float(params.s_task.detach().float()), "s_kd": float(params.s_kd.detach().float())}
 
 
-def gradient_norm(loss: torch.Tensor, wrt: list[torch.Tensor]) -> torch.Tensor:
+def gradient_norm(loss: torch.Tensor, wrt: list[torch.Tensor], scale: torch.Tensor | None = None) -> torch.Tensor:
     """``||d loss / d wrt||_2`` over all tensors of ``wrt`` (detached float32 scalar; 0 if ``loss`` does not reach
-    them). The graph is kept for the training backward that follows; nothing is accumulated in ``.grad``."""
-    return flat_gradient(loss, wrt).norm()
+    them), measured at the loss scale ``scale`` (see :func:`flat_gradient`). The graph is kept for the training
+    backward that follows; nothing is accumulated in ``.grad``."""
+    return flat_gradient(loss, wrt, scale).norm()
 
 
-def flat_gradient(loss: torch.Tensor, wrt: list[torch.Tensor]) -> torch.Tensor:
+def flat_gradient(loss: torch.Tensor, wrt: list[torch.Tensor], scale: torch.Tensor | None = None) -> torch.Tensor:
     """``d loss / d wrt`` flattened into one detached float32 vector (zeros where ``loss`` does not reach a tensor).
 
-    The graph is kept (``retain_graph``) for the training backward that follows; nothing is accumulated in ``.grad``.
+    ``scale`` (a float32 scalar tensor, e.g. the AMP GradScaler's, a power of two): the backward runs on
+    ``loss * scale`` and the gradient is divided by it in float32, so fp16 gradients under autocast do not flush to
+    zero (what the training backward does through the GradScaler); None: no scaling. The graph is kept
+    (``retain_graph``) for the training backward that follows; nothing is accumulated in ``.grad``.
     """
     if not loss.requires_grad:
         return torch.cat([w.new_zeros(w.numel(), dtype=torch.float32) for w in wrt])
+    if scale is not None:
+        loss = loss * scale
     grads = torch.autograd.grad(loss, wrt, retain_graph=True, allow_unused=True, materialize_grads=True)
-    return torch.cat([g.detach().float().flatten() for g in grads])
+    flat = torch.cat([g.detach().float().flatten() for g in grads])
+    return flat if scale is None else flat / scale
+
+
+def _mean_over_ranks(x: torch.Tensor) -> torch.Tensor:
+    """The mean of ``x`` over the DDP ranks (``x`` itself without a process group): every rank then folds the same
+    measurement into its state."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        x = x.clone()
+        dist.all_reduce(x)
+        x = x / dist.get_world_size()
+    return x
 
 
 class TransferMeter:
@@ -194,12 +213,15 @@ class TransferMeter:
     batch's task loss, ``<g_t, g_t^prev> / ||g_t^prev||`` and ``<g_t, g_k^prev> / ||g_k^prev||``, into exponential
     moving averages (decay ``beta`` per measurement) (``gor.balance.transfer: next``). ``measure_split(half_1,
     half_2)`` takes the two gradients of each half of one batch instead and folds in the transfers between the halves
-    (``transfer: split``). Both return ``{"gnorm_task", "gnorm_kd", "xfer_ratio"}`` (float32 scalars). The averages
-    and their count live in ``params.xfer_bits`` (exact float32 bits: checkpoints, the EMA
-    copy and resume carry them); the previous gradients are held here only, so after a resume the first measurement
-    re-arms the lookahead and the averages continue from the checkpoint. (Under DDP each rank measures its own batch;
-    DDP broadcasts buffers from rank 0 at every forward, so rank 0's averages are the ones carried on, while the
-    scalars' gradients are all-reduced as usual.)
+    (``transfer: split``). Both return ``{"gnorm_task", "gnorm_kd", "xfer_ratio"}`` (float32 scalars).
+
+    The averages and their count live in ``params.xfer_bits`` (exact float32 bits: checkpoints, the EMA copy and resume
+    carry them); the previous gradients are held here only, so after a resume the first measurement re-arms the
+    lookahead and the averages continue from the checkpoint. Everything stays on the gradients' device (no host
+    sync): the update is computed in float64 tensors, as Python floats would be, and stored as float32. A transfer
+    that is not finite (an fp16 overflow under AMP) is not folded in. Under DDP the transfers are averaged over the
+    ranks before they are folded in, so every rank holds the same averages (the scalars' gradients are all-reduced by
+    DDP as usual).
     """
 
     RATIO_CLIP = 20.0  # a is clipped to [1/20, 20]: a term whose direction stops helping keeps a 1/21 share
@@ -210,44 +232,52 @@ class TransferMeter:
         self.params, self.beta, self._prev = params, float(beta), None
 
     def state(self) -> tuple[float, float, int]:
-        """``(ema of ρ_t, ema of ρ_k, number of transfer measurements)``, not bias-corrected (the ratio needs none)."""
+        """``(ema of ρ_t, ema of ρ_k, number of transfer measurements)``, not bias-corrected (the ratio needs none).
+        Reads the device (for logs and tests; the training step never calls it)."""
         v = self.params.xfer_bits.detach().cpu().view(torch.float32).tolist()
         return v[0], v[1], int(v[2])
 
     def ratio(self) -> float:
         """``a = clip(ρ_k / ρ_t, 1/20, 20)``; 1 until a positive ``ρ_t`` has been measured."""
-        return self._clipped_ratio(*self.state())
+        return float(self._ratio(self.params.xfer_bits.detach().view(torch.float32)))
 
     @classmethod
-    def _clipped_ratio(cls, r_t: float, r_k: float, count: int) -> float:
-        if count == 0 or not r_t > 0:
-            return 1.0
-        return min(max(r_k / r_t, 1.0 / cls.RATIO_CLIP), cls.RATIO_CLIP)
+    def _ratio(cls, vals: torch.Tensor) -> torch.Tensor:
+        """``clip(r_k / r_t, 1/20, 20)`` from ``vals = (r_t, r_k, count)`` (float32), or 1 while ``count == 0`` or
+        ``r_t <= 0``; computed in float64, returned as a float32 scalar."""
+        v = vals.to(_wide(vals.device))
+        r_t, r_k, count = v[0], v[1], v[2]
+        a = (r_k / r_t).clamp(1.0 / cls.RATIO_CLIP, cls.RATIO_CLIP)
+        return torch.where((count > 0) & (r_t > 0), a, torch.ones_like(a)).float()
 
     @staticmethod
-    def _transfers(g_task_b: torch.Tensor, g_task_a: torch.Tensor, g_kd_a: torch.Tensor) -> tuple[float, float]:
-        """``(<g_t^B, g_t^A> / |g_t^A|, <g_t^B, g_k^A> / |g_k^A|)``."""
+    def _transfers(g_task_b: torch.Tensor, g_task_a: torch.Tensor, g_kd_a: torch.Tensor) -> torch.Tensor:
+        """``(<g_t^B, g_t^A> / |g_t^A|, <g_t^B, g_k^A> / |g_k^A|)``, shape (2,) float32."""
         tiny = torch.finfo(torch.float32).tiny
-        return tuple(float(g_task_b @ g / g.norm().clamp_min(tiny)) for g in (g_task_a, g_kd_a))
+        return torch.stack([g_task_b @ g / g.norm().clamp_min(tiny) for g in (g_task_a, g_kd_a)])
 
-    def _update(self, x_t: float | None, x_k: float | None) -> float:
-        """Fold one transfer pair into the averages (None: nothing measured) and return the clipped ratio."""
-        r_t, r_k, count = self.state()
-        if x_t is not None:
-            b = self.beta if count else 0.0  # the first transfer starts the averages
-            r_t, r_k, count = b * r_t + (1 - b) * x_t, b * r_k + (1 - b) * x_k, count + 1
-            vals = torch.tensor([r_t, r_k, float(count)], dtype=torch.float32)
-            self.params.xfer_bits.copy_(vals.view(torch.int32).to(self.params.xfer_bits.device))
-            r_t, r_k = vals[:2].tolist()  # the ratio from the stored (float32) averages, as a resumed run reads them
-        return self._clipped_ratio(r_t, r_k, count)
+    def _update(self, x: torch.Tensor | None) -> torch.Tensor:
+        """Fold one transfer pair ``x`` (2,) into the averages (None: nothing measured) and return the clipped ratio
+        (a float32 scalar tensor)."""
+        bits = self.params.xfer_bits
+        vals = bits.detach().view(torch.float32)
+        if x is not None:
+            x = _mean_over_ranks(x)
+            wide = _wide(x.device)
+            v, xw = vals.to(x.device, wide), x.to(wide)
+            b = (v[2] > 0).to(wide) * self.beta  # the first transfer starts the averages
+            new = torch.stack([b * v[0] + (1 - b) * xw[0], b * v[1] + (1 - b) * xw[1], v[2] + 1]).float()
+            new = torch.where(torch.isfinite(x).all(), new, vals.to(x.device))
+            bits.copy_(new.view(torch.int32).to(bits.device))
+            vals = new  # the ratio from the stored (float32) averages, as a resumed run reads them
+        return self._ratio(vals)
 
     @torch.no_grad()
     def measure(self, g_task: torch.Tensor, g_kd: torch.Tensor) -> dict[str, torch.Tensor]:
         """``transfer: next``: this batch's gradients; the transfer is from the previous call's batch to this one."""
-        x = self._transfers(g_task, *self._prev) if self._prev is not None else (None, None)
-        a = self._update(*x)
+        a = self._update(self._transfers(g_task, *self._prev) if self._prev is not None else None)
         self._prev = (g_task, g_kd)
-        return {"gnorm_task": g_task.norm(), "gnorm_kd": g_kd.norm(), "xfer_ratio": g_task.new_tensor(a)}
+        return {"gnorm_task": g_task.norm(), "gnorm_kd": g_kd.norm(), "xfer_ratio": a.to(g_task.device)}
 
     @torch.no_grad()
     def measure_split(self, half_1: tuple[torch.Tensor, torch.Tensor], half_2: tuple[torch.Tensor, torch.Tensor]
@@ -256,9 +286,15 @@ class TransferMeter:
         is the mean of both directions (half 1 -> half 2 and back); the norms are those of the halves' mean
         gradients (an estimate of the whole batch's)."""
         x_12, x_21 = self._transfers(half_2[0], *half_1), self._transfers(half_1[0], *half_2)
-        a = self._update((x_12[0] + x_21[0]) / 2, (x_12[1] + x_21[1]) / 2)
+        wide = _wide(x_12.device)
+        a = self._update((x_12.to(wide) + x_21.to(wide)) / 2)
         g_t, g_k = (half_1[0] + half_2[0]) / 2, (half_1[1] + half_2[1]) / 2
-        return {"gnorm_task": g_t.norm(), "gnorm_kd": g_k.norm(), "xfer_ratio": g_t.new_tensor(a)}
+        return {"gnorm_task": g_t.norm(), "gnorm_kd": g_k.norm(), "xfer_ratio": a.to(g_t.device)}
+
+
+def _wide(device: torch.device) -> torch.dtype:
+    """float64 where the device has it (the transfer averages are updated as Python floats would be), else float32."""
+    return torch.float32 if device.type == "mps" else torch.float64
 
 
 # --------------------------------------------------------------------------------------------------------------------

@@ -231,6 +231,37 @@ def test_transfer_meter():
         TransferMeter(torch.nn.Module())
 
 
+def test_transfer_meter_stays_on_the_device_with_python_float_arithmetic():
+    """No host sync in a measurement (it runs on the meta device, where any read of a value fails); on CPU the stored
+    averages are bit-identical to the same update done in Python floats (float64), so CPU runs are unchanged; a
+    non-finite transfer (an fp16 overflow under AMP) is not folded in."""
+    meta = make_gor_params().to("meta")
+    meter = TransferMeter(meta)
+    g = torch.empty(7, device="meta")
+    for _ in range(3):
+        out = meter.measure(g, g)
+    assert out["xfer_ratio"].device.type == "meta"
+    GoRBalancer(meta, "gor_lookahead")({"task": g.sum(), "kd": g.sum(), **out})
+
+    p, beta = make_gor_params(), 0.9
+    meter, ref, prev = TransferMeter(p, beta), [0.0, 0.0, 0], None
+    gen = torch.Generator().manual_seed(0)
+    for _ in range(6):
+        g_t, g_k = torch.randn(50, generator=gen), torch.randn(50, generator=gen)
+        out = meter.measure(g_t, g_k)
+        if prev is not None:  # the update in Python floats
+            x = [float(g_t @ q / q.norm().clamp_min(torch.finfo(torch.float32).tiny)) for q in prev]
+            b = beta if ref[2] else 0.0
+            ref = [float(torch.tensor(b * ref[i] + (1 - b) * x[i], dtype=torch.float32)) for i in (0, 1)] + [ref[2] + 1]
+        prev = (g_t, g_k)
+        assert meter.state() == (ref[0], ref[1], ref[2])
+        a = 1.0 if not (ref[2] and ref[0] > 0) else min(max(ref[1] / ref[0], 1 / 20), 20)
+        assert float(out["xfer_ratio"]) == float(torch.tensor(a, dtype=torch.float32))
+    before = p.xfer_bits.clone()
+    meter.measure(torch.full((50,), float("inf")), g_k)
+    assert torch.equal(p.xfer_bits, before)
+
+
 def test_transfer_meter_split():
     """transfer: split: the transfers between the two halves of one batch, both directions averaged (exact arithmetic
     on hand-made vectors); the norms are the halves' mean gradients'."""

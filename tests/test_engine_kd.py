@@ -570,3 +570,66 @@ def test_nan_recovery_restores_quantizers_adapters_and_scalars(tiny_data, teache
     assert s_task.dtype == torch.float32 and torch.equal(torch.stack([s_task, s_kd]), exact)
     assert float(exact[0]) != float(saved.kd["gor"].s_task.float())  # fp16 in the checkpoint: only the bits are exact
     assert trainer.best.exists()
+
+
+@pytest.mark.parametrize("method", ["gor_lookahead", "gor_grad"])
+def test_gor_measures_under_amp_as_in_float32(tiny_data, teacher_pt, method, monkeypatch):
+    """Under fp16 autocast (CPU standing in for CUDA, on the GPU's kernels) GoR's gradient norms and transfers match
+    the float32 measurement within 2%: they are measured at the trainer's GradScaler scale. KD weights of 1e-3 give
+    the KD terms the magnitudes a batch of 64 at 640 px gives them (means over B x C or B x anchors), where unscaled
+    fp16 gradients flush to zero (norms ~60% low). No labels: the task loss then has no assignment that fp16 rounding
+    could flip, so what differs is the measurement, not the forward."""
+    import yaml
+
+    monkeypatch.setenv("GOR_DET_FQ_KERNEL", "plain")
+    names = yaml.safe_load(open(tiny_data))["names"]
+    gor = parse_gor({"teachers": [teacher_pt], "balance": {"method": method, "grad_every": 1},
+                     "distill": {"feat": 1e-3, "cls": 1e-3, "box": 1e-3}})
+    student, _ = kd_student(names, teacher_pt, gor)
+    student.train()
+    crit, seen = student.criterion, {}
+    balancer = crit.balancer
+    crit.balancer = lambda losses: seen.update({k: float(v) for k, v in losses.items() if k[:5] in ("gnorm", "xfer_")}
+                                               ) or balancer(losses)
+    start = {k: v.clone() for k, v in student.state_dict().items()}
+    imgs = [torch.rand(2, 3, 128, 128, generator=torch.Generator().manual_seed(i)) for i in range(2)]
+
+    def measure(amp: bool, scaler=None):
+        student.load_state_dict(start)
+        crit._gnorms, crit._steps, crit.grad_scaler = None, 0, scaler
+        if crit.meter is not None:
+            crit.meter._prev = None
+        out = []
+        for img in imgs:
+            batch = {"img": img, "batch_idx": torch.zeros(0), "cls": torch.zeros(0, 1), "bboxes": torch.zeros(0, 4)}
+            with torch.autocast("cpu", dtype=torch.float16, enabled=amp):
+                student(batch)
+            out.append(dict(seen))
+        return out, (crit.meter.state()[:2] if crit.meter is not None else ())
+
+    def worst(a, b):
+        (ma, ta), (mb, tb) = a, b
+        rel = [abs(x[k] - y[k]) / abs(y[k]) for x, y in zip(ma, mb) for k in y if y[k]]
+        return max(rel + [abs(x - y) / abs(y) for x, y in zip(ta, tb)])
+
+    ref = measure(False)
+    assert worst(measure(True, torch.amp.GradScaler("cpu", init_scale=2.0**16)), ref) < 0.02
+    assert worst(measure(True), ref) > 0.1  # unscaled: what the measurement was (and the test can fail)
+
+
+def test_trainer_hands_its_grad_scaler_to_the_kd_criterion(tiny_data, teacher_pt, tmp_path):
+    """The criterion measures at the scale of the GradScaler that scales the training backward."""
+    from ultralytics.utils.torch_utils import unwrap_model
+
+    seen = {}
+
+    def grab(tr):
+        seen["ok"] = unwrap_model(tr.model).criterion.grad_scaler is tr.scaler
+        raise StopAfterFirstEpoch
+
+    trainer = make_trainer_class(parse_gor({"teachers": [teacher_pt]}))(
+        overrides=tiny_overrides(tiny_data, tmp_path, "scaler", amp=True))
+    trainer.add_callback("on_train_start", grab)
+    with pytest.raises(StopAfterFirstEpoch):
+        trainer.train()
+    assert seen["ok"]

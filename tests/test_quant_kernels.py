@@ -184,7 +184,7 @@ def test_plain_weight_multiplier_does_not_save_the_folded_weight(monkeypatch):
         monkeypatch.setenv("GOR_DET_FQ_KERNEL", mode)
         w, f, s = (t.clone().requires_grad_(True) for t in (w0, f0, s0))
         saved = []
-        with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t) or t, lambda t: t):
+        with torch.autograd.graph.saved_tensors_hooks(lambda t, kept=saved: kept.append(t) or t, lambda t: t):
             y = kernels.lsq_fake_quant(w, s, torch.zeros(8), -127, 127, 0.02, True, multiplier=f)
         y.backward(gy)
         outs.append((y, w.grad, f.grad, s.grad))

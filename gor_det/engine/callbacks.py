@@ -46,7 +46,7 @@ def attach_kd(trainer) -> None:
 
     model = unwrap_model(trainer.model)
     model.args = trainer.args
-    attach_kd_criterion(model, trainer.teachers, trainer.gor)
+    attach_kd_criterion(model, trainer.teachers, trainer.gor).grad_scaler = trainer.scaler  # AMP: measuring scale
     if trainer.ema is not None:
         trainer.ema.ema.args = trainer.args
         attach_kd_criterion(trainer.ema.ema, trainer.teachers, trainer.gor)
@@ -143,6 +143,16 @@ def plot_gor(trainer) -> None:
         LOGGER.warning(f"gor_det: could not plot GoR curves: {e}")
 
 
+def sync_accumulating_buffers(trainer) -> None:
+    """On every training batch start, when several batches accumulate into one optimizer step: BN statistics and
+    other buffers synced over the DDP ranks (the optimizer step syncs them otherwise), so every rank's forward folds
+    BN with the same statistics."""
+    if getattr(trainer, "accumulate", 1) > 1:
+        from gor_det.engine.ddp import sync_buffers
+
+        sync_buffers(unwrap_model(trainer.model))
+
+
 TRAINER_CALLBACKS = [  # (event, callback) in the order they run
     ("on_pretrain_routine_end", attach_kd),
     ("on_train_start", set_threads),
@@ -152,5 +162,6 @@ TRAINER_CALLBACKS = [  # (event, callback) in the order they run
     ("on_train_epoch_start", freeze_bn_stats),
     ("on_train_epoch_start", count_batches_from_zero),
     ("on_train_batch_start", balance_progress),
+    ("on_train_batch_start", sync_accumulating_buffers),
     ("on_train_end", plot_gor),
 ]

@@ -62,6 +62,7 @@ class KDCriterion:
         self.meter = TransferMeter(kd["gor"]) if form == "gor_lookahead" else None
         self.lookahead_params = list(lookahead_params or [])
         self._steps, self._gnorms = 0, None  # gor_grad / lookahead: training calls so far, last measurement
+        self.grad_scaler = None  # the trainer's AMP GradScaler (set by the attach_kd callback): measuring scale
 
     def update(self):  # E2E losses anneal their one2one weight per epoch; forward it
         if hasattr(self.base, "update"):
@@ -81,31 +82,42 @@ class KDCriterion:
         gt = GroundTruth.from_yolo_batch(batch) if self.cfg.distill.ensemble == "gt_weighted" else None
         return self.distiller(student, t_outs, self.kd["adapters"], self.teacher_weights, gt, self.feat_weights)
 
+    def _loss_scale(self, like: torch.Tensor) -> torch.Tensor | None:
+        """The AMP GradScaler's current scale as a device tensor (no host sync), or None without AMP. The gradient
+        measurements back-propagate through the fp16 graph like the training backward, so they are taken at the same
+        scale: unscaled, small fp16 gradients flush to zero (KD terms, means over B x C or B x anchors, more than the
+        task loss), which biases the norms and transfers."""
+        scaler = self.grad_scaler
+        if scaler is None or not scaler.is_enabled():
+            return None
+        return scaler.scale(torch.ones((), device=like.device, dtype=torch.float32))
+
     def _measure(self, task, l_kd, preds, batch, student, t_outs) -> dict[str, torch.Tensor]:
         """What the gradient forms balance on: ``gor_grad``, the two losses' gradient norms on the Detect-head inputs
         (two backward passes through the head); ``gor_lookahead``, their gradients on the parameters that produce and
         read those inputs, through the :class:`TransferMeter` (norms and transfer ratio): of the whole batch
         (``transfer: next``), or of each half of it (``transfer: split``; a batch of one image keeps the last
-        measurement)."""
+        measurement). Under AMP at the GradScaler's scale (:meth:`_loss_scale`)."""
+        scale = self._loss_scale(task)
         if self.meter is None:
             feats = [f for f in student.feats if f.requires_grad]
-            return {"gnorm_task": gradient_norm(task, feats), "gnorm_kd": gradient_norm(l_kd, feats)}
+            return {"gnorm_task": gradient_norm(task, feats, scale), "gnorm_kd": gradient_norm(l_kd, feats, scale)}
         wrt = [p for p in self.lookahead_params if p.requires_grad]  # the DFL conv is frozen
         if not wrt:
             raise ValueError("gor_lookahead: no trainable parameter in the Detect head or the layers feeding it "
                              "(frozen by 'freeze='?); use gor.balance.method=gor_grad")
         if self.cfg.balance.transfer == "next":
-            return self.meter.measure(flat_gradient(task, wrt), flat_gradient(l_kd, wrt))
+            return self.meter.measure(flat_gradient(task, wrt, scale), flat_gradient(l_kd, wrt, scale))
         bs = batch["img"].shape[0]
         if bs < 2:
             return self._gnorms if self._gnorms is not None else self.meter.measure(
-                flat_gradient(task, wrt), flat_gradient(l_kd, wrt))
+                flat_gradient(task, wrt, scale), flat_gradient(l_kd, wrt, scale))
         halves = []
         for rows in (slice(0, bs // 2), slice(bs // 2, bs)):
             n, half = rows.stop - rows.start, batch_rows(batch, rows)
             task_h = self.base(select_rows(preds, rows, bs), half)[0].sum() / n
             kd_h = self._distill(student.select(rows), [t.select(rows) for t in t_outs], half)["kd"]
-            halves.append((flat_gradient(task_h, wrt), flat_gradient(kd_h, wrt)))
+            halves.append((flat_gradient(task_h, wrt, scale), flat_gradient(kd_h, wrt, scale)))
         return self.meter.measure_split(*halves)
 
     def __call__(self, preds, batch):
@@ -123,7 +135,10 @@ class KDCriterion:
         if self.wants_grad_norms and torch.is_grad_enabled():
             # measured every grad_every training steps; the scalars use the last measurement in between
             if self._steps % self.cfg.balance.grad_every == 0 or self._gnorms is None:
-                self._gnorms = self._measure(task, kd["kd"], preds, batch, student, t_outs)
+                new = self._measure(task, kd["kd"], preds, batch, student, t_outs)
+                if self._gnorms is not None:  # an fp16 overflow (AMP) keeps the last finite measurement
+                    new = {k: torch.where(torch.isfinite(v), v, self._gnorms[k]) for k, v in new.items()}
+                self._gnorms = new
             self._steps += 1
             losses.update(self._gnorms)
         total, weights = self.balancer(losses)

@@ -37,9 +37,11 @@ from ultralytics.utils.torch_utils import unwrap_model
 from gor_det.balance import sync_bits
 from gor_det.config import GorCfg
 from gor_det.engine import callbacks as gcb
+from gor_det.engine.amp import amp_check
 from gor_det.engine.criterion import build_kd_modules
+from gor_det.engine.ddp import broadcast_state, sync_buffers, world_size
 from gor_det.engine.teachers import TeacherSet
-from gor_det.quant import calibrate, is_qat, prepare_qat, quant_scale_parameters
+from gor_det.quant import FakeQuantizer, calibrate, is_qat, prepare_qat, quant_scale_parameters
 
 
 @contextmanager
@@ -67,10 +69,51 @@ class GorDetectionTrainer(DetectionTrainer):
         self.gor = self.gor_cfg or GorCfg()
         self.teachers = TeacherSet(self.gor.teachers, self.data["names"]) if self.gor.distilling else None
         self._needs_calibration = False
+        self._resumed_scaler_state = None  # the checkpoint's GradScaler state (resume), for the AMP scaler
         for event, fn in gcb.TRAINER_CALLBACKS:
             self.add_callback(event, fn)
         if RANK in {-1, 0}:
             (self.save_dir / "gor_cfg.yaml").write_text(yaml.safe_dump(self.gor.to_dict(), sort_keys=False))
+
+    # ---------------------------------------------------------------------------------------------------------------
+    # Setup: AMP checked on the student itself
+    # ---------------------------------------------------------------------------------------------------------------
+    def _amp_requested(self) -> bool:
+        """fp16 AMP asked for (``amp: true``, Ultralytics' default), on a device Ultralytics makes a GradScaler for."""
+        return self.args.amp not in {False, "fp32", "bf16"} and self.device.type != "npu"
+
+    def _setup_train(self):
+        """Stock setup, with the AMP check run by gor_det (:func:`gor_det.engine.amp.amp_check`) on the student
+        instead of Ultralytics' ``check_amp``, which downloads and checks ``yolo26n.pt``: Ultralytics' setup runs with
+        ``amp`` off (so it makes no check), then AMP and its GradScaler (with a resumed run's scaler state) are
+        switched on here if the check passes. Every rank takes rank 0's answer."""
+        if not self._amp_requested():
+            return super()._setup_train()
+        amp = self.args.amp
+        self.args.amp = False
+        try:
+            super()._setup_train()
+        finally:
+            self.args.amp = amp
+        use, why = amp_check(unwrap_model(self.model), self.args.imgsz, self.device) if RANK in {-1, 0} else (False, "")
+        if world_size() > 1:
+            flag = torch.tensor(int(use), device=self.device)
+            torch.distributed.broadcast(flag, src=0)
+            use = bool(flag)
+        if RANK in {-1, 0}:
+            (LOGGER.info if use else LOGGER.warning)(f"gor_det AMP: {'on' if use else 'off'}: {why}")
+        self.amp = use
+        self.scaler = torch.amp.GradScaler("xpu" if self.device.type == "xpu" else "cuda", enabled=use)
+        if use and self._resumed_scaler_state:
+            self.scaler.load_state_dict(self._resumed_scaler_state)
+        crit = getattr(unwrap_model(self.model), "criterion", None)
+        if hasattr(crit, "grad_scaler"):  # the KD criterion measures GoR's gradients at this scaler's scale
+            crit.grad_scaler = self.scaler
+
+    def resume_training(self, ckpt):
+        """Stock resume; keeps the checkpoint's GradScaler state for the AMP scaler built after the AMP check."""
+        self._resumed_scaler_state = (ckpt or {}).get("scaler") if self.resume else None
+        super().resume_training(ckpt)
 
     # ---------------------------------------------------------------------------------------------------------------
     # Model
@@ -159,9 +202,8 @@ class GorDetectionTrainer(DetectionTrainer):
                     loader.close()
         finally:
             self.args.cache = cache
-        if torch.distributed.is_available() and torch.distributed.is_initialized():
-            for p in quant_scale_parameters(model):  # every rank must start from rank 0's step sizes
-                torch.distributed.broadcast(p.data, src=0)
+        # every rank starts from rank 0's step sizes and zero points
+        broadcast_state([q for q in model.modules() if isinstance(q, FakeQuantizer)])
 
     def start_quantization(self) -> None:
         """``gor.quant.start_epoch``: calibrate the step sizes on the weights the float epochs trained, copy them into
@@ -177,9 +219,12 @@ class GorDetectionTrainer(DetectionTrainer):
         LOGGER.info(f"gor_det: quantization-aware training from epoch {self.epoch + 1} (gor.quant.start_epoch)")
 
     def optimizer_step(self):
-        """Stock step, then copy the raw GoR scalars into the EMA and into their exact float32 bit buffers.
+        """Buffers synced over DDP ranks (:func:`gor_det.engine.ddp.sync_buffers`: the EMA update and checkpoints see
+        the same state on every rank), the stock step, then the raw GoR scalars copied into the EMA and into their
+        exact float32 bit buffers.
 
         Ultralytics resumes from the EMA, which would restore an EMA-lagged value; and it saves in fp16."""
+        sync_buffers(unwrap_model(self.model))
         super().optimizer_step()
         m = unwrap_model(self.model)
         if self.gor.distilling and hasattr(m, "kd"):
