@@ -68,9 +68,8 @@ def test_two_ranks_end_with_identical_state(tiny_data, tmp_path):
     """After 3 real QAT + KD + gor_lookahead steps on different data per rank (DistributedSampler, per-rank seeds,
     each rank calibrating on its own augmented batch): the same parameters and buffers on both ranks, in the model
     and its EMA (BN statistics that set the fold, asymmetric zero points, the GoR scalars and transfer averages)."""
-    from test_engine_kd import save_teacher
-
     import yaml
+    from test_engine_kd import save_teacher
 
     names = yaml.safe_load(open(tiny_data))["names"]
     teacher = save_teacher(tmp_path / "teacher.pt", nc=len(names), names=names)
