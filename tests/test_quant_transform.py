@@ -146,6 +146,24 @@ def test_deepcopy_pickle_half_keep_quant_state(qat_model):
     assert rel(out(loaded), y) < 1e-3  # only the float (skipped) layers went through fp16
 
 
+def test_dtype_conversion_keeps_each_tensor_on_its_device(qat_model):
+    # a CUDA model's .half() (AutoBackend, the validator, save_model's deepcopy(ema).half()) must not send the QAT
+    # tensors to another device; the meta device stands in for CUDA (the conversion is worked out on the CPU otherwise)
+    m, _ = qat_model
+    m = copy.deepcopy(m).to("meta")
+    qat = {id(t) for q in quant_modules(m).values() for t in (*q.parameters(), *q.buffers())}
+    for convert in (lambda mm: mm.half(), lambda mm: mm.to(torch.float16), lambda mm: mm.to("meta", torch.float16)):
+        convert(m)
+        for t in (*m.parameters(), *m.buffers()):
+            assert t.device.type == "meta"
+            if t.is_floating_point():
+                assert t.dtype == (torch.float32 if id(t) in qat else torch.float16)
+    m.model.to_empty(device="cpu")  # a device move still moves everything, QAT state still float32
+    q = quant_modules(m)["model.1.conv"]
+    assert q.weight_q.log_scale.device.type == "cpu" and q.weight_q.log_scale.dtype == torch.float32
+    assert q.conv.weight.device.type == "cpu" and m.model[0].conv.weight.dtype == torch.float16
+
+
 def test_ultralytics_fuse_leaves_qat_alone(qat_model):
     m, _ = qat_model
     y = out(m)

@@ -7,13 +7,16 @@ Loading is here because a ``.pt`` needs Ultralytics' ``load_checkpoint``; the ru
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
 
 import yaml
 from torch import nn
 
 from gor_det.config import ConfigError
-from gor_det.eval import evaluate_backend
+from gor_det.eval import DatasetMismatch, evaluate_backend, image_files, load_coco, split_image_ids
+
+_TRT_SUFFIXES = (".engine", ".plan", ".trt")  # TensorRT engines (gor_det.export.load_backend)
 
 
 def load_model(path: str | Path) -> nn.Module:
@@ -31,9 +34,36 @@ def load_model(path: str | Path) -> nn.Module:
     return model.float().eval()
 
 
+def default_device() -> str:
+    """Ultralytics' default: the first GPU (``"0"``) when torch sees one, else ``"cpu"``."""
+    import torch
+
+    return "0" if torch.cuda.is_available() else "cpu"
+
+
+def torch_device(spec) -> str:
+    """An Ultralytics-style device (``cpu``, ``0``, ``0,1``, ``cuda:1``, ``mps``) as a torch device string
+    (``cpu``, ``cuda:0``, ...; evaluation runs on the first of several GPUs). A GPU that is not there is a ConfigError."""
+    import torch
+
+    s = str(spec).strip().lower()
+    if s in ("cpu", "mps"):
+        return s
+    idx = (s.partition(":")[2] or "0") if s.startswith("cuda") else s.split(",")[0].strip()
+    if not idx.isdigit():
+        raise ConfigError(f"device {spec!r} is not a device: use cpu, 0 (the first GPU), 0,1 or cuda:N")
+    if not torch.cuda.is_available():
+        raise ConfigError(f"device {spec!r} asks for a GPU, but torch sees no CUDA device here: use --device cpu")
+    if int(idx) >= torch.cuda.device_count():
+        raise ConfigError(f"device {spec!r}: there is no GPU {idx} (torch sees {torch.cuda.device_count()}); "
+                          f"use 0..{torch.cuda.device_count() - 1}")
+    return f"cuda:{idx}"
+
+
 def backend_for(path: str | Path, device: str = "cpu"):
-    """Pick the runtime from the artefact: ``.pt`` (PyTorch), ``.onnx`` (ONNX Runtime), an NCNN folder or ``.param``
-    (ncnn; INT8 when the param marks int8 convs), ``.engine`` (TensorRT).
+    """Pick the runtime from the artefact: ``.pt`` (PyTorch on ``device``, a torch device string), ``.onnx`` (ONNX
+    Runtime, CPU), an NCNN folder or ``.param`` (ncnn, CPU; INT8 when the param marks int8 convs), ``.engine``
+    (TensorRT, on ``device`` when that is a GPU, else GPU 0).
 
     Returns ``(backend, names or None, imgsz)``: ``imgsz`` is the size the artefact was trained or exported at
     (:func:`imgsz_of`; a ``.pt`` is loaded once for both)."""
@@ -45,19 +75,108 @@ def backend_for(path: str | Path, device: str = "cpu"):
     if p.suffix == ".pt":
         model = load_model(p)
         return TorchBackend(model.to(device), device), getattr(model, "names", None), train_imgsz(model)
+    kwargs = {"device": int(device.partition(":")[2] or 0)} if p.suffix in _TRT_SUFFIXES and "cuda" in device else {}
     try:
-        return load_backend(p), None, imgsz_of(p)
+        return load_backend(p, **kwargs), None, imgsz_of(p)
     except (FileNotFoundError, ValueError, RuntimeError) as e:
         raise ConfigError(str(e)) from None
 
 
 def coco_json_of(data_yaml: str | Path) -> Path | None:
-    """The ``coco_json`` entry of a dataset yaml (gor_det's synthetic sets) resolved against its ``path``."""
+    """The ``coco_json`` entry of a dataset yaml (gor_det's synthetic sets) resolved against its ``path`` (the
+    images' rule, :func:`gor_det.eval.image_files`: absolute, or relative to the cwd, else to the yaml's folder)."""
     data = yaml.safe_load(Path(data_yaml).read_text()) or {}
     if not data.get("coco_json"):
         return None
     root = Path(data.get("path") or Path(data_yaml).parent)
+    if not root.is_absolute() and not root.exists():
+        root = Path(data_yaml).parent / root
     return (root / data["coco_json"]).resolve()
+
+
+@dataclass
+class EvalSet:
+    """A checked evaluation split: its images, their COCO annotation (a loaded ``pycocotools.COCO`` covering every
+    image) and the dataset's class names (None for an image folder)."""
+
+    data: Path
+    ann: Path
+    gt: object
+    images: list[Path]
+    names: list[str] | None
+    split: str = "val"
+
+
+def _load_data_yaml(data: Path) -> dict:
+    try:
+        d = yaml.safe_load(data.read_text(encoding="utf-8"))
+    except (yaml.YAMLError, UnicodeDecodeError) as e:
+        first = (str(e).strip().splitlines() or [""])[0]
+        raise ConfigError(f"dataset yaml {data} is not valid YAML ({first}); pass an Ultralytics dataset yaml") from None
+    if not isinstance(d, dict):
+        raise ConfigError(f"dataset yaml {data} must hold a mapping (path, train, val, names), got {type(d).__name__}")
+    return d
+
+
+def data_names(d: dict) -> list[str] | None:
+    """The class names of a dataset yaml mapping (``names`` as a list or ``{index: name}``; else ``nc`` numbers)."""
+    names = d.get("names")
+    if isinstance(names, dict):
+        return [str(names[k]) for k in sorted(names, key=int)]
+    if isinstance(names, (list, tuple)):
+        return [str(n) for n in names]
+    return [str(i) for i in range(int(d["nc"]))] if isinstance(d.get("nc"), int) else None
+
+
+def check_eval_set(data: str | Path, ann_json: str | Path | None = None, split: str = "val") -> EvalSet:
+    """Check everything an evaluation reads before any model runs: the dataset yaml (or image folder), its
+    ``split`` images, the COCO annotation json (``ann_json``, else the yaml's ``coco_json``: present, JSON, COCO,
+    covering every image). Each problem is a one-line ConfigError naming the fix."""
+    data = Path(data)
+    if not data.exists():
+        raise ConfigError(f"data not found: {data} (pass a dataset yaml, e.g. datasets/synth_demo/data.yaml)")
+    is_yaml = data.suffix.lower() in (".yaml", ".yml")
+    d = _load_data_yaml(data) if is_yaml else {}
+    if is_yaml and not d.get(split):
+        raise ConfigError(f"dataset yaml {data} has no '{split}' entry: add one (e.g. {split}: images/{split})")
+    try:
+        images = image_files(data, split)
+    except (FileNotFoundError, ValueError) as e:
+        raise ConfigError(f"no {split} images for {data} ({e}): check the yaml's path: and {split}: entries") from None
+    ann = Path(ann_json) if ann_json else (coco_json_of(data) if is_yaml else None)
+    if ann is None:
+        raise ConfigError(f"no COCO annotation json for {data}: pass --ann (e.g. "
+                          "datasets/coco/annotations/instances_val2017.json), or add coco_json: to the yaml")
+    if not ann.is_file():
+        raise ConfigError(f"annotation json not found: {ann} (pass the COCO json of the {split} images with --ann)")
+    try:
+        gt = load_coco(ann)
+    except ValueError as e:
+        raise ConfigError(f"{e}: pass the COCO annotation json of the {split} images with --ann") from None
+    try:
+        split_image_ids(images, gt)
+    except DatasetMismatch as e:
+        raise ConfigError(f"{e}: pass the annotation json of exactly these {split} images with --ann (COCO val2017: "
+                          "annotations/instances_val2017.json)") from None
+    return EvalSet(data, ann, gt, images, data_names(d) if is_yaml else None, split)
+
+
+def check_classes(model_names, eval_set: EvalSet, model_path, trained_on=None) -> None:
+    """A model whose class count differs from the dataset's cannot be scored on it: one-line ConfigError."""
+    if model_names is None or eval_set.names is None:
+        return
+    n = len(model_names)
+    if n != len(eval_set.names):
+        on = f" (it was trained on {trained_on})" if trained_on else ""
+        raise ConfigError(f"{model_path} predicts {n} classes but {eval_set.data} has {len(eval_set.names)}: evaluate "
+                          f"it on the dataset it was trained on{on}, or pass a model trained on {eval_set.data}")
+
+
+def run_data(model) -> str | None:
+    """The dataset yaml a loaded checkpoint was trained on (``model.args['data']``), or None."""
+    args = getattr(model, "args", None) or {}
+    d = args.get("data") if isinstance(args, dict) else getattr(args, "data", None)
+    return str(d) if d else None
 
 
 def evaluate_artifact(
@@ -68,31 +187,35 @@ def evaluate_artifact(
     ann_json: str | Path | None = None,
     batch: int = 8,
     device: str = "cpu",
+    eval_set: EvalSet | None = None,
 ) -> dict:
     """COCO metrics of one artefact on ``data``'s val split; writes predictions.json and metrics.json to out_dir.
-    ``imgsz=None``: the artefact's own training/export size (:func:`imgsz_of`). The returned dict has ``imgsz``."""
-    data = Path(data)
-    if not data.exists():
-        raise ConfigError(f"data not found: {data}")
-    ann = Path(ann_json) if ann_json else coco_json_of(data)
-    if ann is None or not ann.is_file():
-        raise ConfigError(f"no COCO annotation json: pass --ann (e.g. annotations/instances_val2017.json); got {ann}")
-    backend, names, own_imgsz = backend_for(model_path, device)
+    ``imgsz=None``: the artefact's own training/export size (:func:`imgsz_of`). The returned dict has ``imgsz``.
+    ``device``: Ultralytics-style (``cpu``, ``0``, ``cuda:1``) for a ``.pt`` or ``.engine``. ``eval_set``: the
+    :func:`check_eval_set` of ``data`` / ``ann_json`` when the caller has it (checked once for many artefacts)."""
+    es = eval_set or check_eval_set(data, ann_json)
+    dev = torch_device(device)
+    backend, names, own_imgsz = backend_for(model_path, dev)
+    if names is not None:
+        names = list(names.values()) if isinstance(names, dict) else list(names)
+        check_classes(names, es, model_path, run_data(backend.model))
     imgsz = imgsz or own_imgsz
-    if names is None:
-        names = (yaml.safe_load(data.read_text()) or {}).get("names") if data.suffix in (".yaml", ".yml") else None
     # exported models have a fixed batch of 1; PyTorch batches freely
     b = batch if Path(model_path).suffix == ".pt" else 1
-    metrics = evaluate_backend(backend, data, ann, imgsz, out_dir, names=names, batch=b)
+    try:
+        metrics = evaluate_backend(backend, es.images, es.gt, imgsz, out_dir, names=names or es.names, batch=b)
+    except DatasetMismatch as e:
+        raise ConfigError(f"{model_path} on {es.data}: {e}: evaluate it on the dataset it was trained on") from None
     metrics["model"], metrics["imgsz"] = str(model_path), int(imgsz)
     return metrics
 
 
-def ultralytics_val(model_path: str | Path, data: str | Path, imgsz: int, out_dir: str | Path) -> dict:
+def ultralytics_val(model_path: str | Path, data: str | Path, imgsz: int, out_dir: str | Path,
+                    device: str = "cpu") -> dict:
     """Ultralytics' own val on the same model and data (its metric code, not pycocotools), for the cross-check."""
     from ultralytics import YOLO
 
-    r = YOLO(str(model_path)).val(data=str(data), imgsz=imgsz, batch=8, device="cpu", plots=False, verbose=False,
+    r = YOLO(str(model_path)).val(data=str(data), imgsz=imgsz, batch=8, device=device, plots=False, verbose=False,
                                   project=str(Path(out_dir).parent), name=Path(out_dir).name, exist_ok=True)
     return {"mAP50-95": float(r.box.map), "mAP50": float(r.box.map50)}
 

@@ -8,6 +8,8 @@ from pathlib import Path
 import yaml
 from ultralytics.utils import DEFAULT_CFG_DICT
 
+from gor_det.balance import balancer_class
+from gor_det.balance.saved import todays_gor
 from gor_det.config import ConfigError, RunCfg, load_run_cfg, parse_gor
 from gor_det.engine.trainer import make_trainer_class, run_dir_of
 
@@ -24,7 +26,7 @@ def resolve_run_cfg(cfg_path: str | None, overrides: list[str] | None = None) ->
             raise ConfigError(f"resume checkpoint not found: {resume} (pass resume=runs/<name>/weights/last.pt)")
         saved = run_dir_of(last) / "gor_cfg.yaml"
         if saved.is_file():
-            run.gor = parse_gor(yaml.safe_load(saved.read_text()))
+            run.gor = parse_gor(todays_gor(yaml.safe_load(saved.read_text())))
     check_inputs(run)
     absolute_project(run)
     return run
@@ -42,6 +44,7 @@ def check_inputs(run: RunCfg) -> None:
     """Fail early, in one line, on what the command line lacks; the trainer's preflight
     (:mod:`gor_det.engine.preflight`) checks everything else before the run folder is touched."""
     u = run.ultralytics
+    balancer_class(run.gor.balance.method).check(run.gor.balance)
     if u.get("resume"):
         return
     if not u.get("data"):

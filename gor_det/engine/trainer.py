@@ -34,14 +34,16 @@ from ultralytics.models.yolo.detect import DetectionTrainer
 from ultralytics.utils import DEFAULT_CFG, LOGGER, RANK
 from ultralytics.utils.torch_utils import unwrap_model
 
-from gor_det.balance import sync_bits
+from gor_det.balance import balancer_class
 from gor_det.config import GorCfg
 from gor_det.engine import callbacks as gcb
 from gor_det.engine import datastream
+from gor_det.engine.amp import amp_check
 from gor_det.engine.criterion import build_kd_modules
+from gor_det.engine.ddp import broadcast_state, sync_buffers, world_size
 from gor_det.engine.preflight import preflight
 from gor_det.engine.teachers import TeacherSet
-from gor_det.quant import calibrate, is_qat, prepare_qat, quant_scale_parameters
+from gor_det.quant import FakeQuantizer, calibrate, is_qat, prepare_qat, quant_scale_parameters
 
 
 @contextmanager
@@ -72,6 +74,7 @@ class GorDetectionTrainer(DetectionTrainer):
         self.gor = self.gor_cfg or GorCfg()
         self.teachers = self._teacher_set(checked) if self.gor.distilling else None
         self._needs_calibration = False
+        self._resumed_scaler_state = None  # the checkpoint's GradScaler state (resume), for the AMP scaler
         for event, fn in gcb.TRAINER_CALLBACKS:
             self.add_callback(event, fn)
         if RANK in {-1, 0}:
@@ -82,6 +85,46 @@ class GorDetectionTrainer(DetectionTrainer):
         loaded = getattr(checked, "teachers", None)
         fresh = TeacherSet(self.gor.teachers, self.data["names"])
         return loaded if loaded is not None and loaded.student_names == fresh.student_names else fresh
+
+    # ---------------------------------------------------------------------------------------------------------------
+    # Setup: AMP checked on the student itself
+    # ---------------------------------------------------------------------------------------------------------------
+    def _amp_requested(self) -> bool:
+        """fp16 AMP asked for (``amp: true``, Ultralytics' default), on a device Ultralytics makes a GradScaler for."""
+        return self.args.amp not in {False, "fp32", "bf16"} and self.device.type != "npu"
+
+    def _setup_train(self):
+        """Stock setup, with the AMP check run by gor_det (:func:`gor_det.engine.amp.amp_check`) on the student
+        instead of Ultralytics' ``check_amp``, which downloads and checks ``yolo26n.pt``: Ultralytics' setup runs with
+        ``amp`` off (so it makes no check), then AMP and its GradScaler (with a resumed run's scaler state) are
+        switched on here if the check passes. Every rank takes rank 0's answer."""
+        if not self._amp_requested():
+            return super()._setup_train()
+        amp = self.args.amp
+        self.args.amp = False
+        try:
+            super()._setup_train()
+        finally:
+            self.args.amp = amp
+        use, why = amp_check(unwrap_model(self.model), self.args.imgsz, self.device) if RANK in {-1, 0} else (False, "")
+        if world_size() > 1:
+            flag = torch.tensor(int(use), device=self.device)
+            torch.distributed.broadcast(flag, src=0)
+            use = bool(flag)
+        if RANK in {-1, 0}:
+            (LOGGER.info if use else LOGGER.warning)(f"gor_det AMP: {'on' if use else 'off'}: {why}")
+        self.amp = use
+        self.scaler = torch.amp.GradScaler("xpu" if self.device.type == "xpu" else "cuda", enabled=use)
+        if use and self._resumed_scaler_state:
+            self.scaler.load_state_dict(self._resumed_scaler_state)
+        crit = getattr(unwrap_model(self.model), "criterion", None)
+        if hasattr(crit, "grad_scaler"):  # the KD criterion measures GoR's gradients at this scaler's scale
+            crit.grad_scaler = self.scaler
+
+    def resume_training(self, ckpt):
+        """Stock resume; keeps the checkpoint's GradScaler state for the AMP scaler built after the AMP check."""
+        self._resumed_scaler_state = (ckpt or {}).get("scaler") if self.resume else None
+        super().resume_training(ckpt)
 
     # ---------------------------------------------------------------------------------------------------------------
     # Model
@@ -127,7 +170,8 @@ class GorDetectionTrainer(DetectionTrainer):
         base_lr = optimizer.param_groups[0]["lr"]
         extra = []
         if self.gor.distilling and hasattr(m, "kd"):
-            extra.append(("gor", list(m.kd["gor"].parameters()), self.gor.balance.scalar_lr))
+            b = self.gor.balance
+            extra.append(("gor", list(m.kd["gor"].parameters()), balancer_class(b.method).scalar_lr(b)))
         if self.gor.quantizing:
             extra.append(("quant_scale", [p for p in quant_scale_parameters(m) if p.requires_grad],
                           self.gor.quant.scale_lr))
@@ -176,9 +220,8 @@ class GorDetectionTrainer(DetectionTrainer):
                     loader.close()
         finally:
             self.args.cache = cache
-        if torch.distributed.is_available() and torch.distributed.is_initialized():
-            for p in quant_scale_parameters(model):  # every rank must start from rank 0's step sizes
-                torch.distributed.broadcast(p.data, src=0)
+        # every rank starts from rank 0's step sizes and zero points
+        broadcast_state([q for q in model.modules() if isinstance(q, FakeQuantizer)])
 
     def start_quantization(self) -> None:
         """``gor.quant.start_epoch``: calibrate the step sizes on the weights the float epochs trained, copy them into
@@ -194,15 +237,12 @@ class GorDetectionTrainer(DetectionTrainer):
         LOGGER.info(f"gor_det: quantization-aware training from epoch {self.epoch + 1} (gor.quant.start_epoch)")
 
     def optimizer_step(self):
-        """Stock step, then copy the raw GoR scalars into the EMA and into their exact float32 bit buffers.
-
-        Ultralytics resumes from the EMA, which would restore an EMA-lagged value; and it saves in fp16."""
+        """Buffers synced over DDP ranks (:func:`gor_det.engine.ddp.sync_buffers`: the EMA update and checkpoints see
+        the same state on every rank), the stock step, then the balancer's ``after_step`` hook (the exact bits of its
+        scalars, its raw state copied into the EMA's: :func:`gor_det.engine.callbacks.balance_hook`)."""
+        sync_buffers(unwrap_model(self.model))
         super().optimizer_step()
-        m = unwrap_model(self.model)
-        if self.gor.distilling and hasattr(m, "kd"):
-            sync_bits(m.kd["gor"])
-            if self.ema:
-                self.ema.ema.kd["gor"].load_state_dict(m.kd["gor"].state_dict())
+        gcb.balance_hook("after_step", self)
 
     # ---------------------------------------------------------------------------------------------------------------
     # Checkpoints and logs
@@ -225,11 +265,11 @@ class GorDetectionTrainer(DetectionTrainer):
         return ok
 
     def save_metrics(self, metrics):
-        """Add the exact end-of-epoch GoR weights (the ``train/w_*`` columns are epoch means)."""
-        m = unwrap_model(self.model)
-        if self.gor.distilling and hasattr(m, "kd"):
-            g = m.kd["gor"]
-            metrics = {**metrics, "gor/s_task": float(g.s_task.detach()), "gor/s_kd": float(g.s_kd.detach())}
+        """Add the balancer's exact end-of-epoch values, e.g. GoR's ``gor/s_task``, ``gor/s_kd`` (the ``train/w_*``
+        columns are epoch means)."""
+        balancer = getattr(getattr(unwrap_model(self.model), "criterion", None), "balancer", None)
+        if balancer is not None:
+            metrics = {**metrics, **{f"gor/{k}": v for k, v in balancer.log_values().items()}}
         super().save_metrics(metrics)
 
 

@@ -5,16 +5,19 @@ No Ultralytics import: ``gor_det.engine`` loads checkpoints and calls this packa
 
 from gor_det.eval.coco import METRIC_NAMES, class_to_category_ids, coco80_to_coco91, coco_metrics, load_coco
 from gor_det.eval.predict import (
+    DatasetMismatch,
     evaluate_backend,
     image_files,
     letterbox,
     postprocess,
     predict_dataset,
     scale_boxes,
+    split_image_ids,
 )
 
 __all__ = [
     "METRIC_NAMES",
+    "DatasetMismatch",
     "class_to_category_ids",
     "coco80_to_coco91",
     "coco_metrics",
@@ -25,4 +28,5 @@ __all__ = [
     "postprocess",
     "predict_dataset",
     "scale_boxes",
+    "split_image_ids",
 ]

@@ -35,6 +35,10 @@ IMG_FORMATS = {"bmp", "dng", "jpeg", "jpg", "mpo", "png", "tif", "tiff", "webp",
 Backend = Callable[[np.ndarray], "np.ndarray | torch.Tensor"]
 
 
+class DatasetMismatch(ValueError):
+    """The model, the images and the annotation json do not belong together (class count, uncovered images)."""
+
+
 def letterbox(img_bgr: np.ndarray, new_shape, stride: int = 32, auto: bool = False):
     """Resize and pad an image exactly like Ultralytics' val pipeline.
 
@@ -192,6 +196,40 @@ def _image_id(path: Path, lookup: dict[str, int]) -> int:
     raise ValueError(f"image {path}: no numeric stem and no image with file_name '{path.name}' in the annotation json")
 
 
+def split_image_ids(image_paths: Sequence[str | Path], ann) -> list[int]:
+    """The annotation json's ``image_id`` of every image (by file name, else ``int(stem)``: :func:`predict_dataset`'s
+    rule), in order.
+
+    Raises:
+        DatasetMismatch: some images have no image in the json (the message says how many and names one).
+    """
+    gt = load_coco(ann)
+    lookup, known = _image_id_lookup(gt), set(gt.getImgIds())
+    ids, missing = [], []
+    for p in map(Path, image_paths):
+        try:
+            i = _image_id(p, lookup)
+        except ValueError:
+            i = None
+        if i in known:
+            ids.append(i)
+        else:
+            missing.append(p)
+    if missing:
+        raise DatasetMismatch(
+            f"the annotation json {getattr(gt, 'src', '')} has no image for {len(missing)} of the "
+            f"{len(ids) + len(missing)} images (e.g. {missing[0].name}; matched by file name, else numeric id)"
+        )
+    return ids
+
+
+def _check_nc(raw, nc: int) -> None:
+    out = raw[0] if isinstance(raw, (list, tuple)) else raw
+    got = int(out.shape[1]) - 4 if getattr(out, "ndim", 0) == 3 else None
+    if got is not None and got != nc:
+        raise DatasetMismatch(f"the model predicts {got} classes but the dataset has {nc}")
+
+
 def predict_dataset(
     backend: Backend,
     image_paths: Sequence[str | Path],
@@ -202,6 +240,7 @@ def predict_dataset(
     iou: float = 0.7,
     max_det: int = 300,
     ann_json=None,
+    nc: int | None = None,
 ) -> list[dict]:
     """Run ``backend`` over images and return COCO result dicts (Ultralytics' ``predictions.json`` format).
 
@@ -213,6 +252,8 @@ def predict_dataset(
         class_to_cat: class index -> ``category_id``; default ``index + 1``.
         ann_json: optional annotation json; ``image_id`` is the id of the json image whose ``file_name`` has the same
             basename, else ``int(stem)`` for a numeric stem (Ultralytics' rule), else ValueError.
+        nc: the dataset's class count; the first backend output must have ``4 + nc`` rows, else
+            :class:`DatasetMismatch` (a model trained on other classes).
 
     Returns:
         ``[{"image_id": int, "category_id": int, "bbox": [x, y, w, h] (original pixels, 3 decimals),
@@ -230,7 +271,10 @@ def predict_dataset(
             ims.append(img[..., ::-1].transpose(2, 0, 1))  # BGR HWC -> RGB CHW
             metas.append((_image_id(p, lookup), ratio, pad, img0.shape[:2]))
         x = np.ascontiguousarray(np.stack(ims)).astype(np.float32) / 255
-        dets = postprocess(backend(x), conf=conf, iou=iou, max_det=max_det)
+        raw = backend(x)
+        if nc is not None and b0 == 0:
+            _check_nc(raw, nc)
+        dets = postprocess(raw, conf=conf, iou=iou, max_det=max_det)
         if len(dets) != len(chunk):
             raise ValueError(f"backend returned {len(dets)} images for a batch of {len(chunk)}")
         for (img_id, ratio, pad, shape0), d in zip(metas, dets):
@@ -330,6 +374,9 @@ def evaluate_backend(
 
     Returns:
         the :func:`coco_metrics` dict plus ``n_images`` and ``n_predictions``.
+
+    Raises:
+        DatasetMismatch: the json does not cover every image, or the backend's class count is not ``len(names)``.
     """
     gt = load_coco(ann_json)
     paths = image_files(data_yaml_or_image_dir, split)
@@ -338,13 +385,12 @@ def evaluate_backend(
         import yaml
 
         names = (yaml.safe_load(src.read_text(encoding="utf-8")) or {}).get("names")
+    img_ids = split_image_ids(paths, gt)  # before any prediction: the json must cover every image of the split
     class_to_cat = class_to_category_ids(gt, names) if names else None
     preds = predict_dataset(
         backend, paths, imgsz, batch=batch, class_to_cat=class_to_cat, conf=conf, iou=iou, max_det=max_det,
-        ann_json=gt,
+        ann_json=gt, nc=len(_names_list(names)) if names else None,
     )  # fmt: skip
-    lookup = _image_id_lookup(gt)
-    img_ids = [_image_id(p, lookup) for p in paths]
     metrics = coco_metrics(gt, preds, img_ids=img_ids)
     metrics.update(n_images=len(paths), n_predictions=len(preds))
     out = Path(out_dir)

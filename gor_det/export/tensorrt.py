@@ -57,8 +57,8 @@ def build_engine(
 ) -> Path:
     """Build a serialized engine with the ``tensorrt`` Python API (TensorRT 8.6 / 10.x). Returns ``engine_path``.
 
-    Raises :class:`TensorRTUnavailable` ("skipped: ...") without TensorRT or a GPU, ``RuntimeError`` with the
-    parser errors when TensorRT rejects the ONNX.
+    Raises :class:`TensorRTUnavailable` ("skipped: ...") without TensorRT or a GPU, ``RuntimeError`` (one line, the
+    parser errors joined by ``; ``) when TensorRT rejects the ONNX or fails to build it.
     """
     onnx_path = existing_file(onnx_path)
     try:
@@ -87,8 +87,8 @@ def build_engine(
     network = builder.create_network(flags)
     parser = trt.OnnxParser(network, logger)
     if not parser.parse(onnx_path.read_bytes()):
-        errs = "\n".join(str(parser.get_error(i)) for i in range(parser.num_errors))
-        raise RuntimeError(f"TensorRT could not parse {onnx_path}:\n{errs}")
+        errs = "; ".join(" ".join(str(parser.get_error(i)).split()) for i in range(parser.num_errors))
+        raise RuntimeError(f"TensorRT could not parse {onnx_path}: {errs or 'no parser error given'}")
     config = builder.create_builder_config()
     config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(workspace_gib * (1 << 30)))
     if not strongly_typed:

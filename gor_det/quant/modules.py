@@ -32,11 +32,34 @@ _GEOMETRY = frozenset({"in_channels", "out_channels", "kernel_size", "stride", "
                        "in_features", "out_features"})
 
 
+def autocast_on(x: torch.Tensor) -> bool:
+    """Whether autocast (AMP) is active for ``x``'s device type."""
+    try:
+        return torch.is_autocast_enabled(x.device.type)
+    except RuntimeError:  # a device type autocast does not know (meta): no autocast
+        return False
+
+
 class QuantModule(Float32Module):
-    """Common part: ``act_q`` (input, per tensor) and ``weight_q`` (weight, per output channel)."""
+    """Common part: ``act_q`` (input, per tensor) and ``weight_q`` (weight, per output channel).
+
+    dtypes: outside autocast the input is cast to float32 (the weights are float32, also in a ``.half()`` model) and
+    the output cast back to the input's dtype. Under autocast (AMP training) the input keeps its dtype (fp16: the
+    quantizer computes in float32 but saves and returns fp16) and the op runs in autocast's dtype, as the float layer
+    it replaces would: no float32 copies of activations are made or kept for the backward.
+    """
 
     act_q: FakeQuantizer
     weight_q: FakeQuantizer
+
+    @staticmethod
+    def _input(x: torch.Tensor) -> tuple[torch.Tensor, torch.dtype | None]:
+        """``(input for the quantizer, dtype to cast the output to or None)``."""
+        return (x, None) if autocast_on(x) else (x.float(), x.dtype)
+
+    @staticmethod
+    def _output(y: torch.Tensor, dtype: torch.dtype | None) -> torch.Tensor:
+        return y if dtype is None else y.to(dtype)
 
     def _init_quantizers(self, out_channels: int, device: torch.device, qcfg) -> None:
         self.act_q = FakeQuantizer.for_acts(qcfg)
@@ -133,10 +156,10 @@ class QConvBn2d(QuantModule):
         return w * (self.fold_factor() if f is None else f).reshape(-1, 1, 1, 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        dtype = x.dtype
-        x = self.act_q(x.float())
+        x, dtype = self._input(x)
+        x = self.act_q(x)
         f = self.fold_factor()
-        w = self.weight_q(self.weight_to_quantize(f))
+        w = self.weight_q(self.conv.weight, f) if self.fold else self.weight_q(self.conv.weight)  # Q_w(w * f) | Q_w(w)
         if self.training and not self.bn_frozen:
             y = self.conv._conv_forward(x, w, None)
             if self.fold:  # undo the fold so BN can normalise with the batch statistics (torch.ao's ConvBn2d)
@@ -148,7 +171,7 @@ class QConvBn2d(QuantModule):
             if not self.fold:
                 w = w * f.reshape(-1, 1, 1, 1)
             y = self.conv._conv_forward(x, w, self.folded_bias())
-        return y.to(dtype)
+        return self._output(y, dtype)
 
     @torch.no_grad()
     def deploy_params(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -180,9 +203,9 @@ class QConv2d(QuantModule):
         return self.conv.weight
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        dtype = x.dtype
-        y = self.conv._conv_forward(self.act_q(x.float()), self.weight_q(self.conv.weight), self.conv.bias)
-        return y.to(dtype)
+        x, dtype = self._input(x)
+        y = self.conv._conv_forward(self.act_q(x), self.weight_q(self.conv.weight), self.conv.bias)
+        return self._output(y, dtype)
 
     @torch.no_grad()
     def deploy_params(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -210,8 +233,8 @@ class QLinear(QuantModule):
         return self.linear.weight
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        dtype = x.dtype
-        return F.linear(self.act_q(x.float()), self.weight_q(self.linear.weight), self.linear.bias).to(dtype)
+        x, dtype = self._input(x)
+        return self._output(F.linear(self.act_q(x), self.weight_q(self.linear.weight), self.linear.bias), dtype)
 
     @torch.no_grad()
     def deploy_params(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

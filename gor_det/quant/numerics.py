@@ -32,9 +32,9 @@ These are exactly the definitions of PyTorch's ``torch._fake_quantize_learnable_
 (``grad_factor`` = g), which :class:`FakeQuantizer` calls; ``tests/test_quant_numerics.py`` checks forward and both
 gradients against a float64 reference written from the formulas above.
 
-Training on CPU, both go through :func:`gor_det.quant.kernels.lsq_fake_quant` instead: the
-same forward and input gradient bit for bit, the step-size gradient up to float summation order, in fewer passes
-(see that module).
+Training, both go through :func:`gor_det.quant.kernels.lsq_fake_quant` instead (compiled on CPU, plain torch with
+no host sync on a GPU): the same forward and input gradient bit for bit, the step-size gradient up to float summation
+order, in fewer passes (see that module).
 
 Calibration (initial step sizes from observed values; ``a``/``b`` the clipping range, ``amax = max(-a, b)``)::
 
@@ -90,18 +90,26 @@ class Float32Module(nn.Module):
     """Base class: ``.half()``, ``.double()``, ``.to(dtype)`` leave this module's floating tensors (and its children's) in
     float32; device moves still apply.
 
-    Why: Ultralytics saves checkpoints with ``deepcopy(ema).half()``. Step sizes rounded to fp16 would change every
-    quantized value on resume (and ``torch._fake_quantize_*`` reject fp16 scales), so quantizer state and the weights it
-    was fitted to must stay exact. Inputs are cast to float32 inside ``forward`` and outputs back to the input dtype.
+    Why: Ultralytics saves checkpoints with ``deepcopy(ema).half()`` and loads them with ``.half()`` (AutoBackend, the
+    in-training validator). Step sizes rounded to fp16 would change every quantized value on resume (and
+    ``torch._fake_quantize_*`` reject fp16 scales), so quantizer state and the weights it was fitted to must stay exact.
+    Outside autocast, inputs are cast to float32 inside ``forward`` and outputs back to the input dtype.
+
+    The conversion ``fn`` is probed per tensor, on an empty tensor of that tensor's device and dtype: a dtype-only
+    conversion (``.half()``) leaves every tensor on its own device, a device move (``.cuda()``, ``.to('cpu',
+    torch.float16)``) moves every tensor and keeps the floating ones float32.
     """
 
     def _apply(self, fn, recurse=True):
-        probe = fn(torch.zeros((), dtype=torch.float32))
-        if isinstance(probe, torch.Tensor) and probe.is_floating_point() and probe.dtype != torch.float32:
-            device, inner = probe.device, fn
+        inner = fn
 
-            def fn(t):  # noqa: F811 - same conversion, float32 kept
-                return t.to(device=device) if t.is_floating_point() else inner(t)
+        def fn(t):  # noqa: F811 - the same conversion, with floating tensors kept in float32
+            if not t.is_floating_point():
+                return inner(t)
+            probe = inner(t.new_empty(0))
+            if not isinstance(probe, torch.Tensor) or not probe.is_floating_point() or probe.dtype == torch.float32:
+                return inner(t)
+            return t.to(device=probe.device, dtype=torch.float32)
 
         return super()._apply(fn, recurse)
 
@@ -204,8 +212,11 @@ class FakeQuantizer(Float32Module):
         )
 
     # ----------------------------------------------------------------------------------------------------------------
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Fake-quantize ``x`` (any shape; axis 0 = channels when per-channel). Returns ``x``'s dtype."""
+    def forward(self, x: torch.Tensor, multiplier: torch.Tensor | None = None) -> torch.Tensor:
+        """Fake-quantize ``x`` (any shape; axis 0 = channels when per-channel), or ``x * multiplier`` (per channel,
+        ``multiplier`` (C,): a BN fold factor). Returns ``x``'s dtype."""
+        if multiplier is not None and (self.observing or not self.enabled or not self.is_initialized):
+            x, multiplier = x * multiplier.reshape(-1, *([1] * (x.dim() - 1))), None
         if self.observing:
             self.observe(x)
             return x
@@ -215,19 +226,19 @@ class FakeQuantizer(Float32Module):
             with torch.no_grad():
                 self.observe(x)
                 self.init_scale()
-        return self.quantize(x)
+        return self.quantize(x, multiplier)
 
-    def quantize(self, x: torch.Tensor) -> torch.Tensor:
-        """``Q(x)`` with the LSQ gradients, regardless of ``enabled`` / ``observing``. Returns ``x``'s dtype."""
-        dtype = x.dtype
-        x = x.float()
+    def quantize(self, x: torch.Tensor, multiplier: torch.Tensor | None = None) -> torch.Tensor:
+        """``Q(x)`` (or ``Q(x * multiplier)``, per channel) with the LSQ gradients, regardless of ``enabled`` /
+        ``observing``. Returns ``x``'s dtype (computed in float32; an fp16 input under AMP is neither copied to float32
+        nor saved as float32 for the backward)."""
         # detach when fixed: the trainer may switch requires_grad back on; a detached scale never gets a gradient
         s = self.scale if self.learn_scale else self.scale.detach()
         n = x.numel() // max(1, s.numel())
         g = 1.0 / math.sqrt(max(1, n) * self.qmax)  # LSQ gradient scale
         per_channel = self.channels is not None
         s, z = (s, self.zero_point) if per_channel else (s.reshape(1), self.zero_point.reshape(1))
-        return lsq_fake_quant(x, s, z, self.qmin, self.qmax, g, per_channel).to(dtype)
+        return lsq_fake_quant(x, s, z, self.qmin, self.qmax, g, per_channel, multiplier)
 
     def int_codes(self, x: torch.Tensor) -> torch.Tensor:
         """Integer codes ``q(x) - z`` of ``x`` as a float32 tensor (what deploy stores), recovered from the kernel's

@@ -1,0 +1,1 @@
+"""gor_det research: the benchmark harness, its suites, results and report, and the balancers that lost."""
