@@ -410,10 +410,30 @@ def _set_dotted(d: dict, dotted: str, value: Any) -> None:
     d[parts[-1]] = value
 
 
-def load_yaml(path: str | Path) -> dict:
+#: the run cfg templates gor_det ships (package data; ``cfg/`` in a source checkout links here)
+CFG_DIR = Path(__file__).resolve().parent / "cfg"
+
+
+def shipped_cfgs() -> list[str]:
+    """Names of the shipped run cfg templates, relative to :data:`CFG_DIR` (``demo_student.yaml``, ``bench/...``)."""
+    return sorted(str(p.relative_to(CFG_DIR)) for p in CFG_DIR.rglob("*.yaml"))
+
+
+def resolve_cfg_path(path: str | Path) -> Path:
+    """A local cfg file, else the shipped template of that name (``demo_student.yaml``, ``cfg/demo_student.yaml``,
+    ``bench/student_fp.yaml``): a pip-installed gor_det finds its templates from any directory."""
     p = Path(path)
-    if not p.is_file():
-        raise ConfigError(f"cfg file not found: {p} (pass an existing YAML, e.g. cfg/demo_student.yaml)")
+    if p.is_file():
+        return p
+    name = p.as_posix().removeprefix("cfg/")
+    if not p.is_absolute() and (CFG_DIR / name).is_file():
+        return CFG_DIR / name
+    raise ConfigError(f"cfg file not found: {p} (pass an existing YAML, or a shipped template: "
+                      f"{', '.join(n for n in shipped_cfgs() if '/' not in n)}, bench/...)")
+
+
+def load_yaml(path: str | Path) -> dict:
+    p = resolve_cfg_path(path)
     try:
         data = yaml.safe_load(p.read_text()) or {}
     except yaml.YAMLError as e:

@@ -1,47 +1,13 @@
 #!/usr/bin/env python
-"""Generate the gor_det synthetic shapes benchmark (COCO-like layout) and print the path of its data.yaml.
+"""Alias of `gor-det synth` (gor_det.commands.synth): the same command and arguments, for a source checkout."""
 
-    python tools/make_synthetic.py --out datasets/synth_bench --preset bench --seed 0 [--force]
-
-The out dir (and its parents) is created. Errors (unknown preset, unwritable dir, a foreign dataset
-in the way without --force) print one line on stderr and exit with code 2.
-"""
-
-from __future__ import annotations
-
-import argparse
 import sys
-from pathlib import Path
+
+from gor_det.commands import synth
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> None:  # one line, no usage block
-        print(f"make_synthetic: error: {message}", file=sys.stderr)
-        raise SystemExit(2)
-
-
-def main(argv: list[str] | None = None) -> int:
-    from gor_det.data.synthetic import PRESETS, make_synthetic
-
-    p = _Parser(description="Generate the gor_det synthetic detection benchmark.")
-    p.add_argument("--out", required=True, help="dataset root (created with its parents)")
-    p.add_argument("--preset", default="tiny", help=f"one of: {', '.join(PRESETS)} (default tiny)")
-    p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
-    p.add_argument("--force", action="store_true", help="regenerate even if a matching dataset exists")
-    args = p.parse_args(argv)
-
-    if args.preset not in PRESETS:
-        p.error(f"unknown preset {args.preset!r} (choose from {', '.join(PRESETS)})")
-    out = Path(args.out).expanduser()
-    if out.exists() and not out.is_dir():
-        p.error(f"--out is not a directory: {out}")
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-        data_yaml = make_synthetic(out, args.preset, args.seed, force=args.force)
-    except (OSError, ValueError, TypeError) as e:
-        p.error(f"cannot generate into {out}: {e}")
-    print(data_yaml)
-    return 0
+def main(argv=None):
+    return synth.main(argv, prog="python tools/make_synthetic.py")
 
 
 if __name__ == "__main__":
