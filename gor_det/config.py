@@ -75,53 +75,57 @@ class DistillCfg:
     # per val image (COCO val2017: 5000 images) and logs val/kd_* as 0
 
 
-# gor.balance.lr: auto, per GoR form: the scalar lr each form was benchmarked at (docs/gor.md, Results)
-SCALAR_LR = {"gor": 0.001, "gor_norm": 0.001, "gor_grad": 0.001, "gor_lookahead": 0.01}
-
-
 @dataclass
 class BalanceCfg:
-    """How L_task and L_kd are combined.
-
-    ``fixed``: ``w_task * L_task + w_kd * L_kd`` (classical QAT+KD). ``gor``: two learnable log-scalars,
-    ``exp(-s_t) L_task + exp(-s_k) L_kd + s_t + s_k``. ``gor_norm``: the same scalars, but the weights are rescaled so the
-    weighted sum equals ``L_task + L_kd`` in value (keeps Ultralytics' loss scale). ``gor_grad``: the same game on the
-    norms of the two losses' gradients on the Detect-head inputs (docs/gor.md). ``gor_lookahead``: ``gor_grad`` with the
-    gradient shares set by each term's measured transfer to another batch's task loss. ``none``: task loss only.
+    """How L_task and L_kd are combined (docs/gor.md): ``fixed``, ``L_task + w_kd L_kd`` with a hand-set ``w_kd``
+    (constant, or moving to ``w_kd_end``); ``gor``, two learnable scalars that balance the two losses' gradients
+    (GoR). Each key applies to the methods its comment names.
     """
 
-    method: str = "gor_lookahead"  # gor_lookahead | gor_grad | gor | gor_norm | fixed | none (docs/gor.md). The
-    # default since 2026-11-30 (gor_grad before): the one form level with the best fixed weight of the benchmark's sweep
-    w_task: float = 1.0  # fixed weights (method=fixed) and the initial weights of the GoR forms (s = -log w)
-    w_kd: float = 1.0
-    w_kd_end: float | None = None  # method=fixed: the KD weight at the end of training, reached from w_kd along
-    # `schedule` over the training batches (null: w_kd throughout). E.g. w_kd 1, w_kd_end 0.2, schedule exp: roughly the
-    # path gor_lookahead's ratio w_kd / w_task takes on the benchmark (docs/gor.md, Results)
-    schedule: str = "linear"  # how a fixed w_kd moves to w_kd_end: linear (in the weight) | exp (the same factor per
-    # batch, i.e. linear in log w_kd; needs w_kd, w_kd_end > 0)
-    lr: float | str | None = "auto"  # own Adam/SGD lr of the two scalars; auto: SCALAR_LR[method] (0.01 for
-    # gor_lookahead, 0.001 for the others); null: the trainer's lr. The scalars are log-weights, their scale independent
-    # of the network's: own lr. Adam moves each by ~lr per step. The gradient-norm forms reach their optimum (log L, or
-    # log(n / n_bar): ~0.1-0.3 from the start) in a few hundred steps at 0.001 and then hold it; at 0.01 they get there
-    # ~10x sooner but keep moving by ~1% per step around it, which cost accuracy at W4A4 and nothing measurable at W8A8.
-    # gor_lookahead's weights fall further (its ratio w_kd / w_task from 1 to ~0.1-0.25 on the benchmark: ~1.5-2.3 in
-    # log) and it needs 0.01 to get there in ~400 steps; it was benchmarked only at 0.01 (docs/gor.md, Results). Runs of
-    # under ~300 steps (the demo) need 0.01 whatever the form.
-    grad_every: int = 4  # gor_grad, gor_lookahead: measure the two gradients every N training steps (each costs two
-    # backward passes through the head, roughly half a QAT step on CPU); the last measurement is used in between
-    transfer: str = "next"  # gor_lookahead: where a step's transfer to another batch's task loss is measured. next:
-    # from one measurement's batch to the next one's, grad_every optimizer steps later (two backward passes through the
-    # head region; the steps in between enter the measurement); split: between the two halves of the same batch, at
-    # the same weights (the one-step lookahead as written; four backward passes: ~4x the measuring cost, same mAP on
-    # the benchmark, docs/gor.md)
+    method: str = "gor"  # gor (two learned scalars, gor_det.balance.gor) | fixed (a hand-set w_kd; 0: no KD)
+    w_kd: float = 1.0  # fixed: the KD weight (0: no KD); gor: the KD weight the scalars start from (task weight 1)
+    w_kd_end: float | None = None  # fixed: the KD weight at the end of training, reached from w_kd along
+    # `schedule` over the training batches (null: w_kd throughout)
+    schedule: str = "linear"  # fixed with w_kd_end: linear (in the weight) | exp (the same factor per batch, i.e.
+    # linear in log w_kd; needs w_kd, w_kd_end > 0)
+    lr: float | str | None = "auto"  # gor: the scalars' own lr (they are log-weights, on no scale of the network's);
+    # auto: the balancer's benchmarked lr (gor: 0.01, ~400 steps to its balance); null: the trainer's lr
+    grad_every: int = 4  # gor: measure the two losses' gradients every N training steps (two backward passes
+    # through the head region each, ~half a QAT step on CPU); the last measurement is used in between
+
+    def validate(self, where: str = "gor.balance") -> None:
+        """Raise a :class:`ConfigError` naming the key for a value out of range."""
+        if isinstance(self.lr, str) and self.lr != "auto":
+            raise ConfigError(f"{where}.lr={self.lr!r} must be a number, auto (the balancer's benchmarked lr) or "
+                              "null (the trainer's lr)")
+        if isinstance(self.lr, float) and not (math.isfinite(self.lr) and self.lr > 0):
+            raise ConfigError(f"{where}.lr={self.lr} must be a positive number (e.g. 0.01), auto or null")
+        if not (math.isfinite(self.w_kd) and self.w_kd >= 0):
+            raise ConfigError(f"{where}.w_kd={self.w_kd} must be a number >= 0 (0: no KD)")
+        if self.w_kd_end is not None:
+            if not (math.isfinite(self.w_kd_end) and self.w_kd_end >= 0):
+                raise ConfigError(f"{where}.w_kd_end={self.w_kd_end} must be a number >= 0 (the KD weight at the end)")
+            if self.schedule == "exp" and not (self.w_kd > 0 and self.w_kd_end > 0):
+                raise ConfigError(f"{where}.schedule=exp needs w_kd > 0 and w_kd_end > 0 (got {self.w_kd} -> "
+                                  f"{self.w_kd_end}); use schedule=linear to reach 0")
+        if self.grad_every < 1:
+            raise ConfigError(f"{where}.grad_every={self.grad_every} must be >= 1 (1: measure every step)")
 
 
-    @property
-    def scalar_lr(self) -> float | None:
-        """The lr the two scalars train at: ``lr``, with ``auto`` resolved per form (:data:`SCALAR_LR`; ``fixed`` and
-        ``none`` give the scalars no gradient, so gor_grad's value is only what gets logged); None: the trainer's
-        lr."""
-        return SCALAR_LR.get(self.method, SCALAR_LR["gor_grad"]) if self.lr == "auto" else self.lr
+# gor.balance.method -> the dataclass of its keys. The product's two; gor_det.balance.register adds a plug-in's.
+_BALANCE_CFGS: dict[str, type] = {"fixed": BalanceCfg, "gor": BalanceCfg}
+
+
+def register_balance_cfg(method: str, cfg: type = BalanceCfg) -> None:
+    """Accept ``gor.balance.method: method`` with the keys of ``cfg`` (a :class:`BalanceCfg` subclass)."""
+    if not (isinstance(cfg, type) and issubclass(cfg, BalanceCfg)):
+        raise TypeError(f"the cfg of balancer {method!r} must be a BalanceCfg subclass, got {cfg!r}")
+    _BALANCE_CFGS[method] = cfg
+
+
+def balance_methods() -> list[str]:
+    """The accepted ``gor.balance.method`` values."""
+    return sorted(_BALANCE_CFGS)
 
 
 @dataclass
@@ -182,8 +186,6 @@ class GorCfg:
 CHOICES = {
     "distill.feat_loss": ("cwd", "mse"),
     "distill.ensemble": ("mean_target", "mean_loss", "gt_weighted"),
-    "balance.method": ("fixed", "gor", "gor_norm", "gor_grad", "gor_lookahead", "none"),
-    "balance.transfer": ("next", "split"),
     "balance.schedule": ("linear", "exp"),
     "quant.calib": ("minmax", "percentile", "mse"),
 }
@@ -251,6 +253,17 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
     return value
 
 
+def check_choices(obj, where: str) -> None:
+    """Raise a :class:`ConfigError` for a field of the cfg dataclass ``obj`` (the section ``where``, e.g.
+    ``gor.distill``) whose value is not one of its :data:`CHOICES`."""
+    prefix = where.split(".", 1)[1] if "." in where else ""
+    for f in fields(obj):
+        choices = CHOICES.get(f"{prefix}.{f.name}" if prefix else f.name)
+        val = getattr(obj, f.name)
+        if choices and val not in choices:
+            raise ConfigError(f"{where}.{f.name}={val!r} is not one of {', '.join(choices)}{suggest(val, choices)}")
+
+
 def _build(cls, data: dict, where: str):
     hints = get_type_hints(cls)
     valid = [f.name for f in fields(cls)]
@@ -260,13 +273,23 @@ def _build(cls, data: dict, where: str):
             raise _unknown(k, where, valid)
         kwargs[k] = _coerce(v, hints[k], f"{where}.{k}")
     obj = cls(**kwargs)
-    prefix = where.split(".", 1)[1] if "." in where else ""
-    for name in valid:
-        choices = CHOICES.get(f"{prefix}.{name}" if prefix else name)
-        val = getattr(obj, name)
-        if choices and val not in choices:
-            raise ConfigError(f"{where}.{name}={val!r} is not one of {', '.join(choices)}{suggest(val, choices)}")
+    check_choices(obj, where)
     return obj
+
+
+def _build_balance(section) -> BalanceCfg:
+    """The ``gor.balance`` section with the keys of its method (:func:`register_balance_cfg`), validated."""
+    if section is None:
+        section = {}
+    if not isinstance(section, dict):
+        raise ConfigError(f"gor.balance must be a mapping, got {section!r}")
+    method = str(section.get("method", BalanceCfg.method))
+    if method not in _BALANCE_CFGS:
+        names = balance_methods()
+        raise ConfigError(f"gor.balance.method={method!r} is not one of {', '.join(names)}{suggest(method, names)}")
+    cfg = _build(_BALANCE_CFGS[method], section, "gor.balance")
+    cfg.validate()
+    return cfg
 
 
 def parse_gor(section: dict | None) -> GorCfg:
@@ -276,7 +299,9 @@ def parse_gor(section: dict | None) -> GorCfg:
         section["quant"] = {} if section["quant"] else {"enabled": False}
     if "teachers" in section and section["teachers"] is None:
         section["teachers"] = []
+    balance = _build_balance(section.pop("balance", None))
     cfg = _build(GorCfg, section, "gor")
+    cfg.balance = balance
     for i, t in enumerate(cfg.teachers):
         if not (math.isfinite(t.weight) and t.weight > 0):
             raise ConfigError(f"gor.teachers[{i}].weight={t.weight} must be a positive number (its share in the "
@@ -287,23 +312,6 @@ def parse_gor(section: dict | None) -> GorCfg:
     if cfg.teachers and cfg.distill.feat and not any(t.feat_share > 0 for t in cfg.teachers):
         raise ConfigError("every gor.teachers[].feat_weight is 0 but gor.distill.feat > 0: give one teacher a "
                           "positive feat_weight, or set gor.distill.feat: 0 to switch feature KD off")
-    if isinstance(cfg.balance.lr, str) and cfg.balance.lr != "auto":
-        raise ConfigError(f"gor.balance.lr={cfg.balance.lr!r} must be a number, auto (the form's benchmarked lr) or "
-                          "null (the trainer's lr)")
-    if isinstance(cfg.balance.lr, float) and not (math.isfinite(cfg.balance.lr) and cfg.balance.lr > 0):
-        raise ConfigError(f"gor.balance.lr={cfg.balance.lr} must be a positive number (e.g. 0.001), auto or null")
-    b = cfg.balance
-    if b.w_kd_end is not None:
-        if b.method != "fixed":
-            raise ConfigError(f"gor.balance.w_kd_end applies to method=fixed only (method={b.method} learns its "
-                              "weights); remove w_kd_end or set gor.balance.method=fixed")
-        if not (math.isfinite(b.w_kd_end) and b.w_kd_end >= 0):
-            raise ConfigError(f"gor.balance.w_kd_end={b.w_kd_end} must be a number >= 0 (the KD weight at the end)")
-        if b.schedule == "exp" and not (b.w_kd > 0 and b.w_kd_end > 0):
-            raise ConfigError(f"gor.balance.schedule=exp needs w_kd > 0 and w_kd_end > 0 (got {b.w_kd} -> "
-                              f"{b.w_kd_end}); use schedule=linear to reach 0")
-    if cfg.balance.grad_every < 1:
-        raise ConfigError(f"gor.balance.grad_every={cfg.balance.grad_every} must be >= 1 (1: measure every step)")
     if cfg.export.calib_images < 1:
         raise ConfigError(f"gor.export.calib_images={cfg.export.calib_images} must be >= 1 (e.g. 32)")
     q = cfg.quant

@@ -63,7 +63,8 @@ def main():
 
     from gor_det.balance import flat_gradient, gradient_norm
     from gor_det.config import parse_gor
-    from gor_det.engine.criterion import KD_KEYS, attach_kd_criterion, build_kd_modules, lookahead_parameters
+    from gor_det.distill import KD_KEYS
+    from gor_det.engine.criterion import attach_kd_criterion, build_kd_modules, head_region_parameters
     from gor_det.engine.evaluate import load_model
     from gor_det.engine.teachers import TeacherSet
 
@@ -84,7 +85,7 @@ def main():
     loader = build_dataloader(build_yolo_dataset(cfg, d["train"], a.batch, d, mode="train", rect=False, stride=32),
                               a.batch, workers=0, shuffle=True)
     student.train()
-    params = [p for p in lookahead_parameters(student) if p.requires_grad]
+    params = [p for p in head_region_parameters(student) if p.requires_grad]
     flat = []  # (g_t, g_k) on params, per batch
     full = []  # (g_t, g_k) on every trainable student parameter, per batch (--adam)
     if a.adam is not None:

@@ -281,7 +281,10 @@ def main():
                     rows.append(json.loads(done.read_text()))
                 continue
             print(f"\n=== bench: {run['name']} seed {seed} ===", flush=True)
-            rows.append(run_one(run, suite, a.overrides, key, out_root, res_root, data))
+            try:
+                rows.append(run_one(run, suite, a.overrides, key, out_root, res_root, data))
+            except ConfigError as e:  # a row's cfg: one line naming it, not a stack trace
+                sys.exit(f"error: suite row {run['name']!r}: {e}")
     if a.table_only and a.only:  # the rows asked for, in the order asked
         names = [n for n in a.only if n in names]
     md = table(rows, names, a.ref)

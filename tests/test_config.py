@@ -33,15 +33,16 @@ def test_full_section_and_overrides(tmp_path):
 
 
 @pytest.mark.parametrize("balance, lr, scalar_lr", [
-    ({}, "auto", 0.01),  # gor_lookahead (the default form) was benchmarked at 0.01 only
-    ({"method": "gor_grad"}, "auto", 0.001),  # gor_grad at its benchmarked 0.001
-    ({"method": "gor_lookahead", "lr": 0.002}, 0.002, 0.002),  # an explicit lr wins
+    ({}, "auto", 0.01),  # gor (the default) was benchmarked at 0.01
+    ({"method": "gor", "lr": 0.002}, 0.002, 0.002),  # an explicit lr wins
     ({"method": "gor", "lr": "0.02"}, 0.02, 0.02),  # a number given as text (key=value overrides) is a number
     ({"lr": None}, None, None),  # null: the trainer's lr
 ])
-def test_scalar_lr_auto_resolves_per_form(balance, lr, scalar_lr):
+def test_scalar_lr_auto_resolves_per_balancer(balance, lr, scalar_lr):
+    from gor_det.balance import balancer_class
+
     b = parse_gor({"balance": balance}).balance
-    assert b.lr == lr and b.scalar_lr == scalar_lr
+    assert b.lr == lr and balancer_class(b.method).scalar_lr(b) == scalar_lr
 
 
 def test_quant_shorthand():
@@ -55,7 +56,7 @@ def test_quant_shorthand():
         (["epocs=3"], "unknown key 'epocs' in the run cfg (Ultralytics keys + 'gor') (did you mean 'epochs'?)"),
         (["gor.balance.methd=gor"], "unknown key 'methd' in gor.balance (did you mean 'method'?)"),
         (["gor.quantt.w_bits=4"], "unknown key 'quantt' in gor (did you mean 'quant'?)"),
-        (["gor.balance.method=gorr"], "gor.balance.method='gorr' is not one of fixed, gor, gor_norm, gor_grad, gor_lookahead, none (did you mean 'gor'?)"),
+        (["gor.balance.method=gorr"], "gor.balance.method='gorr' is not one of fixed"),
         (["gor.quant.w_bits=9"], "gor.quant.w_bits=9 is out of range; use 2..8"),
         (["gor.balance.grad_every=0"], "gor.balance.grad_every=0 must be >= 1 (1: measure every step)"),
         (["gor.quant.start_epoch=-1"], "gor.quant.start_epoch=-1 must be >= 0 (0: quantize from the first epoch)"),
@@ -65,10 +66,9 @@ def test_quant_shorthand():
         (["gor.teachers=[{model: t.pt, feat_weight: -1}]"], "gor.teachers[0].feat_weight=-1.0 must be a number >= 0"),
         (["gor.teachers=[{model: a.pt, feat_weight: 0}, {model: b.pt, feat_weight: 0}]"],
          "every gor.teachers[].feat_weight is 0 but gor.distill.feat > 0"),
-        (["gor.balance.lr=fast"], "gor.balance.lr='fast' must be a number, auto (the form's benchmarked lr) or null"),
-        (["gor.balance.lr=0"], "gor.balance.lr=0.0 must be a positive number (e.g. 0.001), auto or null"),
-        (["gor.balance.method=gor", "gor.balance.w_kd_end=0.2"],
-         "gor.balance.w_kd_end applies to method=fixed only (method=gor learns its weights)"),
+        (["gor.balance.lr=fast"], "gor.balance.lr='fast' must be a number, auto (the balancer's benchmarked lr) or null"),
+        (["gor.balance.lr=0"], "gor.balance.lr=0.0 must be a positive number (e.g. 0.01), auto or null"),
+        (["gor.balance.w_kd=-1"], "gor.balance.w_kd=-1.0 must be a number >= 0 (0: no KD)"),
         (["gor.balance.method=fixed", "gor.balance.w_kd_end=-1"], "gor.balance.w_kd_end=-1.0 must be a number >= 0"),
         (["gor.balance.method=fixed", "gor.balance.w_kd_end=0", "gor.balance.schedule=exp"],
          "gor.balance.schedule=exp needs w_kd > 0 and w_kd_end > 0 (got 1.0 -> 0.0); use schedule=linear"),

@@ -60,7 +60,7 @@ def test_two_heterogeneous_teachers(nets, ensemble, feat_loss):
     adapters = build_adapters(s.channels, [t.channels for t in ts])
     cfg = DistillCfg(feat=0.5, cls=2.0, box=3.0, feat_loss=feat_loss, ensemble=ensemble)
     out = Distiller(cfg)(s, ts, adapters)
-    assert tuple(out) == KD_KEYS
+    assert tuple(out) == (*KD_KEYS, "kd")
     for k in KD_KEYS:
         assert (
             out[k].ndim == 0 and out[k].dtype == torch.float32 and torch.isfinite(out[k]) and float(out[k].detach()) > 0
@@ -201,7 +201,7 @@ def test_weights_zero_keep_keys(nets):
     adapters = build_adapters(s.channels, [t.channels for t in ts])
     for feat, cls, box in [(0, 1, 1), (1, 0, 0), (0, 0, 0)]:
         out = Distiller(DistillCfg(feat=feat, cls=cls, box=box))(s, ts, adapters if feat else None)
-        assert tuple(out) == KD_KEYS
+        assert tuple(out) == (*KD_KEYS, "kd")
         for k, wgt in (("kd_feat", feat), ("kd_cls", cls), ("kd_box", box)):
             assert (float(out[k].detach()) == 0.0) == (wgt == 0)
         torch.testing.assert_close(out["kd"], out["kd_feat"] + out["kd_cls"] + out["kd_box"])

@@ -30,7 +30,7 @@ WORKER = textwrap.dedent("""
 
     gor = parse_gor({"teachers": [teacher], "threads": 1,
                      "quant": {"a_symmetric": False, "calib": "minmax", "calib_batches": 1},
-                     "balance": {"method": "gor_lookahead", "grad_every": 1}})
+                     "balance": {"method": "gor", "grad_every": 1}})
     def cpu_ddp(module, device_ids=None, **kwargs):  # Ultralytics passes device_ids=[cuda index]; a CPU module has none
         return DistributedDataParallel(module, **kwargs)
 
@@ -65,7 +65,7 @@ def free_port() -> int:
 
 @pytest.mark.slow
 def test_two_ranks_end_with_identical_state(tiny_data, tmp_path):
-    """After 3 real QAT + KD + gor_lookahead steps on different data per rank (DistributedSampler, per-rank seeds,
+    """After 3 real QAT + KD + GoR steps on different data per rank (DistributedSampler, per-rank seeds,
     each rank calibrating on its own augmented batch): the same parameters and buffers on both ranks, in the model
     and its EMA (BN statistics that set the fold, asymmetric zero points, the GoR scalars and transfer averages)."""
     import yaml

@@ -454,3 +454,30 @@ def test_val_det_device_defaults_to_the_gpu_when_there_is_one(cuda, monkeypatch,
 def test_val_det_gpu_device_without_cuda_is_one_line(fp_and_ptq, tiny_data, tool):
     line = one_error_line(tool("val_det", "--model", fp_and_ptq[0], "--data", tiny_data, "--device", "0"))
     assert "no CUDA device" in line and "--device cpu" in line
+
+
+def test_checkpoint_with_a_saved_balance_section_evaluates_and_exports(fp_and_ptq, tiny_data, tmp_path):
+    """A QAT checkpoint whose recorded run cfg has the saved, longer balance section (``transfer`` / ``w_task``, a
+    method that is now a research plug-in) and GoR scalars in ``model.kd`` still evaluates and exports: those read
+    only what they need (the export section), in a process that never imported the research package."""
+    _, q = fp_and_ptq
+    ck = torch.load(q, weights_only=False)
+    from torch import nn
+
+    from gor_det.balance import make_scalars
+
+    model = ck["model"]
+    model.kd = nn.ModuleDict({"adapters": nn.ModuleList(), "gor": make_scalars()})
+    model.gor_cfg = {"balance": {"method": "gor_grad", "w_task": 1.0, "w_kd": 1.0, "transfer": "next", "lr": "auto",
+                                 "grad_every": 4, "w_kd_end": None, "schedule": "linear"},
+                     "export": {"formats": ["onnx_qdq"], "imgsz": 64}}
+    old = tmp_path / "old.pt"
+    torch.save(ck, old)
+    code = (f"import sys; sys.argv = ['export_det', '--model', {str(old)!r}, '--out', {str(tmp_path / 'x')!r}]; "
+            "import runpy; runpy.run_path('tools/export_det.py', run_name='__main__')")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=600)
+    assert out.returncode == 0, (out.stdout + out.stderr)[-3000:]
+    assert (tmp_path / "x" / "old_qdq.onnx").exists()
+    val = cli("tools/val_det.py", "--model", str(old), "--data", str(tiny_data), "--imgsz", "64", "--out",
+              str(tmp_path / "v"))
+    assert val.returncode == 0, val.stderr[-3000:]

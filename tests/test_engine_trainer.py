@@ -40,7 +40,7 @@ def test_ddp_worker_rebuilds_trainer_with_gor_cfg(tiny_data, tmp_path):
     the trainer from them in each worker: the gor cfg must arrive intact."""
     from ultralytics.utils.dist import generate_ddp_file
 
-    gor = parse_gor({"balance": {"method": "gor_norm", "w_kd": 2.0}, "quant": {"w_bits": 4}, "threads": 1})
+    gor = parse_gor({"balance": {"method": "fixed", "w_kd": 2.0}, "quant": {"w_bits": 4}, "threads": 1})
     trainer = make_trainer_class(gor)(overrides=tiny_overrides(tiny_data, tmp_path, "ddp"))
     script = Path(generate_ddp_file(trainer))
     state = script.with_suffix(".pt")

@@ -105,3 +105,54 @@ def test_select_the_reported_rows():
     assert research_run.select(runs, ["ablation", "kd"], reported=False) == {"ablation", "kd"}
     assert research_run.select(runs, ["ablation", "kd"], reported=True) == {"kd"}
     assert research_run.select(runs, None, reported=False) == {"fp", "ablation", "kd"}
+
+
+@pytest.mark.slow
+def test_the_harness_trains_a_row_with_a_research_balancer(tiny_data, tmp_path):
+    """`research/run.py --reported` in a fresh process (where nothing has imported research.balancers yet) trains a
+    suite row whose balance is a research form for one epoch and archives its numbers and per-epoch log."""
+    import json
+
+    import yaml
+    from conftest import tiny_overrides
+    from test_engine_kd import save_teacher
+
+    names = yaml.safe_load(open(tiny_data))["names"]
+    teacher = save_teacher(tmp_path / "teacher.pt", nc=len(names), names=names)
+    cfg = {k: v for k, v in tiny_overrides(tiny_data, tmp_path, "x").items() if k not in ("project", "name", "seed")}
+    (tmp_path / "student.yaml").write_text(yaml.safe_dump(cfg))
+    suite = {"data": {"preset": "tiny", "root": str(Path(tiny_data).parent)}, "seeds": [0],
+             "runs": [{"name": "kd_split", "cfg": str(tmp_path / "student.yaml"), "tables": ["t"],
+                       "overrides": {"gor": {"teachers": [str(teacher)], "threads": 1,
+                                             "balance": {"method": "gor_split", "lr": 0.05, "grad_every": 1}}}},
+                      {"name": "not_reported", "cfg": "missing.yaml"}],  # no table: --reported leaves it out
+             "report": {"tables": {"t": {"title": "T"}}}}
+    (tmp_path / "s.yaml").write_text(yaml.safe_dump(suite))
+    out = subprocess.run([sys.executable, str(Path(research_run.__file__)), "--suite", str(tmp_path / "s.yaml"),
+                          "--reported", "--out", str(tmp_path / "out"), "--results", str(tmp_path / "res")],
+                         capture_output=True, text=True, cwd=tmp_path, timeout=600)
+    assert out.returncode == 0, (out.stdout + out.stderr)[-3000:]
+    row = json.loads((tmp_path / "res/kd_split/seed0/result.json").read_text())
+    assert row["name"] == "kd_split" and row["epochs"] == 1 and 0 <= row["mAP50-95"] <= 1
+    assert "train/w_kd" in (tmp_path / "res/kd_split/seed0/results.csv").read_text().splitlines()[0]
+    assert not (tmp_path / "res/not_reported").exists()
+
+
+def test_a_rows_bad_balance_is_one_error_line(tiny_data, tmp_path):
+    """A row naming a balancer nobody registers (a name from before the rename) stops the harness with one line
+    naming the row and the registered balancers, not a stack trace."""
+    import yaml
+    from conftest import tiny_overrides
+
+    cfg = {k: v for k, v in tiny_overrides(tiny_data, tmp_path, "x").items() if k not in ("project", "name", "seed")}
+    (tmp_path / "student.yaml").write_text(yaml.safe_dump(cfg))
+    suite = {"data": {"preset": "tiny", "root": str(Path(tiny_data).parent)}, "seeds": [0],
+             "runs": [{"name": "old", "cfg": str(tmp_path / "student.yaml"),
+                       "overrides": {"gor": {"balance": {"method": "gor_lookahead"}}}}]}
+    (tmp_path / "s.yaml").write_text(yaml.safe_dump(suite))
+    out = subprocess.run([sys.executable, str(Path(research_run.__file__)), "--suite", str(tmp_path / "s.yaml"),
+                          "--out", str(tmp_path / "out"), "--results", str(tmp_path / "res")],
+                         capture_output=True, text=True, cwd=tmp_path, timeout=300)
+    assert out.returncode == 1 and "Traceback" not in out.stderr
+    assert out.stderr.strip().splitlines()[-1].startswith(
+        "error: suite row 'old': gor.balance.method='gor_lookahead' is not one of fixed, fixed_task, gor, ")

@@ -29,7 +29,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from gor_det.config import DistillCfg
+from gor_det.config import CHOICES, DistillCfg, check_choices
 
 from .agreement import GroundTruth, agreement_shares
 from .capture import HeadOutputs
@@ -45,8 +45,8 @@ from .losses import (
 
 __all__ = ["ENSEMBLES", "KD_KEYS", "Distiller", "anchor_weight_to_levels"]
 
-KD_KEYS = ("kd_feat", "kd_cls", "kd_box", "kd")
-ENSEMBLES = ("mean_target", "mean_loss", "gt_weighted")
+KD_KEYS = ("kd_feat", "kd_cls", "kd_box")  # the weighted KD terms; their sum is "kd"
+ENSEMBLES = CHOICES["distill.ensemble"]
 
 
 def anchor_weight_to_levels(weight: torch.Tensor, level_sizes: Sequence[tuple[int, int]]) -> list[torch.Tensor]:
@@ -71,10 +71,7 @@ class Distiller:
 
     def __init__(self, cfg: DistillCfg | None = None):
         self.cfg = cfg if cfg is not None else DistillCfg()
-        if self.cfg.feat_loss not in ("cwd", "mse"):
-            raise ValueError(f"distill.feat_loss={self.cfg.feat_loss!r} is not one of cwd, mse")
-        if self.cfg.ensemble not in ENSEMBLES:
-            raise ValueError(f"distill.ensemble={self.cfg.ensemble!r} is not one of {', '.join(ENSEMBLES)}")
+        check_choices(self.cfg, "gor.distill")
 
     # ----------------------------------------------------------------------------------------------------------------
     def check(self, student: HeadOutputs, teachers: Sequence[HeadOutputs], adapters: nn.ModuleList | None) -> None:

@@ -1,5 +1,5 @@
-"""Trainer callbacks: side effects only (threads, KD criterion install, exact GoR scalars, QAT schedule, BN freeze,
-training progress for scheduled balance weights, the GoR plot).
+"""Trainer callbacks: side effects only (threads, KD criterion install, the balancer's hooks, QAT schedule, BN
+freeze, DDP buffer sync, the GoR plot).
 
 Module-level functions taking the trainer, never bound methods or closures: Ultralytics pickles ``trainer.callbacks``
 for its DDP workers.
@@ -8,6 +8,7 @@ for its DDP workers.
 from __future__ import annotations
 
 import os
+from functools import partial
 
 import torch
 from ultralytics.utils import LOGGER, RANK
@@ -46,25 +47,10 @@ def attach_kd(trainer) -> None:
 
     model = unwrap_model(trainer.model)
     model.args = trainer.args
-    attach_kd_criterion(model, trainer.teachers, trainer.gor).grad_scaler = trainer.scaler  # AMP: measuring scale
+    attach_kd_criterion(model, trainer.teachers, trainer.gor).grad_scaler = trainer.scaler  # AMP: the probe's scale
     if trainer.ema is not None:
         trainer.ema.ema.args = trainer.args
         attach_kd_criterion(trainer.ema.ema, trainer.teachers, trainer.gor)
-
-
-def exact_gor_scalars(trainer) -> None:
-    """On every epoch start: the GoR scalars from their exact float32 bits (model and EMA).
-
-    A no-op in normal training (the bits are synced after every optimizer step). After Ultralytics' NaN recovery,
-    which loads the fp16 checkpoint's EMA into the model and a fresh EMA, the scalars hold fp16-rounded values while
-    the int32 bits came back exact; this puts the exact values back before the redone epoch."""
-    if not trainer.gor.distilling:
-        return
-    from gor_det.balance import restore_from_bits
-
-    for m in (unwrap_model(trainer.model), trainer.ema.ema if trainer.ema is not None else None):
-        if m is not None and "gor" in getattr(m, "kd", {}):
-            restore_from_bits(m.kd["gor"])
 
 
 def freeze_bn_stats(trainer) -> None:
@@ -101,34 +87,46 @@ def quant_schedule(trainer) -> None:
             set_quant_enabled(m, weights=live, acts=live)
 
 
-def _scheduled(trainer) -> bool:
-    """A balance weight moves with training progress (``gor.balance.w_kd_end``); else the two callbacks below do
-    nothing, so the training step pays for them only when they are used."""
-    return trainer.gor.distilling and trainer.gor.balance.w_kd_end is not None
-
-
-def count_batches_from_zero(trainer) -> None:
-    """On every epoch start (a redone epoch included: NaN recovery, OOM restart): no training batch done yet."""
-    if _scheduled(trainer):
-        trainer.gor_batches_done = 0
-
-
-def balance_progress(trainer) -> None:
-    """On every training batch start: tell the balancers (model and EMA) how far training is, ``p = (epoch + batches
-    done this epoch / batches per epoch) / epochs`` in [0, 1), for scheduled weights (``gor.balance.w_kd_end``).
-
-    The batch count is kept here (the trainer's batch index is a local of its loop) and restarts at every epoch start:
-    a resumed run starts at an epoch boundary and a redone epoch from its first batch, so p is what an uninterrupted
-    run has at the same batch."""
-    if not _scheduled(trainer):
-        return
-    done = getattr(trainer, "gor_batches_done", 0)
-    trainer.gor_batches_done = done + 1
-    p = (trainer.epoch + done / max(len(trainer.train_loader), 1)) / max(trainer.epochs, 1)
+def _balancers(trainer):
+    """The balancers of the student's and the EMA's KD criterion (none before ``attach_kd`` or without teachers)."""
     for m in (unwrap_model(trainer.model), trainer.ema.ema if trainer.ema is not None else None):
         balancer = getattr(getattr(m, "criterion", None), "balancer", None)
-        if hasattr(balancer, "progress"):
-            balancer.progress = p
+        if balancer is not None:
+            yield m, balancer
+
+
+def balance_hook(hook: str, trainer) -> None:
+    """The balancer's side of training, one hook per event (``functools.partial(balance_hook, hook)``):
+
+    * ``after_step`` (the trainer's ``optimizer_step``): the scalars' exact bits, and the raw state copied into the
+      EMA's (Ultralytics resumes from the EMA, which would hold an EMA-lagged value);
+    * ``epoch_start``: the state from its exact bits (a no-op in normal training; after Ultralytics' NaN recovery,
+      which loads the fp16 checkpoint's EMA, the scalars hold fp16-rounded values while the bits came back exact), and
+      the epoch's batch count from 0 (a redone epoch, NaN recovery or OOM restart, runs again under its number);
+    * ``batch_start``: the training progress ``p = (epoch + batches done / batches per epoch) / epochs`` for balancers
+      with ``wants_progress`` (exact on resume: a resumed run starts at an epoch boundary).
+    """
+    balancers = list(_balancers(trainer))
+    if hook == "after_step":
+        if balancers:
+            (_, b), ema = balancers[0], balancers[1:]
+            b.after_step()
+            for m, _ in ema:
+                m.kd["gor"].load_state_dict(b.state.state_dict())
+    elif hook == "epoch_start":
+        trainer.gor_batches_done = 0
+        for _, b in balancers:
+            b.after_load()
+    elif hook == "batch_start":
+        moving = [b for _, b in balancers if b.wants_progress]
+        if moving:
+            done = getattr(trainer, "gor_batches_done", 0)
+            trainer.gor_batches_done = done + 1
+            p = (trainer.epoch + done / max(len(trainer.train_loader), 1)) / max(trainer.epochs, 1)
+            for b in moving:
+                b.set_progress(p)
+    else:
+        raise ValueError(f"unknown balance hook {hook!r}")
 
 
 def plot_gor(trainer) -> None:
@@ -157,11 +155,10 @@ TRAINER_CALLBACKS = [  # (event, callback) in the order they run
     ("on_pretrain_routine_end", attach_kd),
     ("on_train_start", set_threads),
     ("on_val_start", reapply_threads),
-    ("on_train_epoch_start", exact_gor_scalars),
+    ("on_train_epoch_start", partial(balance_hook, "epoch_start")),
     ("on_train_epoch_start", quant_schedule),
     ("on_train_epoch_start", freeze_bn_stats),
-    ("on_train_epoch_start", count_batches_from_zero),
-    ("on_train_batch_start", balance_progress),
+    ("on_train_batch_start", partial(balance_hook, "batch_start")),
     ("on_train_batch_start", sync_accumulating_buffers),
     ("on_train_end", plot_gor),
 ]

@@ -147,7 +147,8 @@ def export_student(
         formats = check_formats(formats)
     ckpt_model = load_model(model_path)
     run_cfg = getattr(ckpt_model, "gor_cfg", None)
-    ecfg = parse_gor(run_cfg).export if run_cfg else ExportCfg()
+    # only the export section: a checkpoint's training sections may name balancers this process has not imported
+    ecfg = parse_gor({"export": run_cfg.get("export") or {}}).export if isinstance(run_cfg, dict) else ExportCfg()
     formats = check_formats(formats or ecfg.formats)
     if imgsz is not None and int(imgsz) <= 0:
         raise ConfigError(f"--imgsz {imgsz} must be a positive number of pixels (default: the training imgsz)")

@@ -7,6 +7,8 @@ from pathlib import Path
 import yaml
 from ultralytics.utils import DEFAULT_CFG_DICT
 
+from gor_det.balance import balancer_class
+from gor_det.balance.saved import todays_gor
 from gor_det.config import ConfigError, RunCfg, load_run_cfg, parse_gor
 from gor_det.engine.trainer import make_trainer_class, run_dir_of
 
@@ -23,7 +25,7 @@ def resolve_run_cfg(cfg_path: str | None, overrides: list[str] | None = None) ->
             raise ConfigError(f"resume checkpoint not found: {resume} (pass resume=runs/<name>/weights/last.pt)")
         saved = run_dir_of(last) / "gor_cfg.yaml"
         if saved.is_file():
-            run.gor = parse_gor(yaml.safe_load(saved.read_text()))
+            run.gor = parse_gor(todays_gor(yaml.safe_load(saved.read_text())))
     check_inputs(run)
     absolute_project(run)
     return run
@@ -40,6 +42,7 @@ def absolute_project(run: RunCfg) -> None:
 def check_inputs(run: RunCfg) -> None:
     """Fail early, in one line, on the mistakes that otherwise end deep inside Ultralytics or in a download attempt."""
     u = run.ultralytics
+    balancer_class(run.gor.balance.method).check(run.gor.balance)
     if u.get("resume"):
         return
     data = u.get("data")

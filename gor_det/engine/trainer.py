@@ -34,7 +34,7 @@ from ultralytics.models.yolo.detect import DetectionTrainer
 from ultralytics.utils import DEFAULT_CFG, LOGGER, RANK
 from ultralytics.utils.torch_utils import unwrap_model
 
-from gor_det.balance import sync_bits
+from gor_det.balance import balancer_class
 from gor_det.config import GorCfg
 from gor_det.engine import callbacks as gcb
 from gor_det.engine.amp import amp_check
@@ -153,7 +153,8 @@ class GorDetectionTrainer(DetectionTrainer):
         base_lr = optimizer.param_groups[0]["lr"]
         extra = []
         if self.gor.distilling and hasattr(m, "kd"):
-            extra.append(("gor", list(m.kd["gor"].parameters()), self.gor.balance.scalar_lr))
+            b = self.gor.balance
+            extra.append(("gor", list(m.kd["gor"].parameters()), balancer_class(b.method).scalar_lr(b)))
         if self.gor.quantizing:
             extra.append(("quant_scale", [p for p in quant_scale_parameters(m) if p.requires_grad],
                           self.gor.quant.scale_lr))
@@ -220,17 +221,11 @@ class GorDetectionTrainer(DetectionTrainer):
 
     def optimizer_step(self):
         """Buffers synced over DDP ranks (:func:`gor_det.engine.ddp.sync_buffers`: the EMA update and checkpoints see
-        the same state on every rank), the stock step, then the raw GoR scalars copied into the EMA and into their
-        exact float32 bit buffers.
-
-        Ultralytics resumes from the EMA, which would restore an EMA-lagged value; and it saves in fp16."""
+        the same state on every rank), the stock step, then the balancer's ``after_step`` hook (the exact bits of its
+        scalars, its raw state copied into the EMA's: :func:`gor_det.engine.callbacks.balance_hook`)."""
         sync_buffers(unwrap_model(self.model))
         super().optimizer_step()
-        m = unwrap_model(self.model)
-        if self.gor.distilling and hasattr(m, "kd"):
-            sync_bits(m.kd["gor"])
-            if self.ema:
-                self.ema.ema.kd["gor"].load_state_dict(m.kd["gor"].state_dict())
+        gcb.balance_hook("after_step", self)
 
     # ---------------------------------------------------------------------------------------------------------------
     # Checkpoints and logs
@@ -250,11 +245,11 @@ class GorDetectionTrainer(DetectionTrainer):
         return ok
 
     def save_metrics(self, metrics):
-        """Add the exact end-of-epoch GoR weights (the ``train/w_*`` columns are epoch means)."""
-        m = unwrap_model(self.model)
-        if self.gor.distilling and hasattr(m, "kd"):
-            g = m.kd["gor"]
-            metrics = {**metrics, "gor/s_task": float(g.s_task.detach()), "gor/s_kd": float(g.s_kd.detach())}
+        """Add the balancer's exact end-of-epoch values, e.g. GoR's ``gor/s_task``, ``gor/s_kd`` (the ``train/w_*``
+        columns are epoch means)."""
+        balancer = getattr(getattr(unwrap_model(self.model), "criterion", None), "balancer", None)
+        if balancer is not None:
+            metrics = {**metrics, **{f"gor/{k}": v for k, v in balancer.log_values().items()}}
         super().save_metrics(metrics)
 
 
