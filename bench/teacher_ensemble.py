@@ -13,8 +13,8 @@ detector than the best teacher alone. This script scores, by the official protoc
 
 All teachers must share the student's input size and strides (the same anchors), as the Distiller requires.
 
-    python bench/teacher_ensemble.py --teachers bench/out/synthetic/teacher_v8s/seed0/weights/best.pt \
-        bench/out/synthetic/teacher_v11s/seed0/weights/best.pt --data-seed 1 --static 0.75 0.6
+    python bench/teacher_ensemble.py --teachers research/out/synthetic/teacher_v8s/seed0/weights/best.pt \
+        research/out/synthetic/teacher_v11s/seed0/weights/best.pt --data-seed 1 --static 0.75 0.6
 
 ``--data-seed K`` scores on a freshly generated split of the benchmark preset (seed K: images the teachers never
 saw and the benchmark's val split does not contain), so choosing a fusion rule here does not look at the val set

@@ -415,13 +415,13 @@ CFG_DIR = Path(__file__).resolve().parent / "cfg"
 
 
 def shipped_cfgs() -> list[str]:
-    """Names of the shipped run cfg templates, relative to :data:`CFG_DIR` (``demo_student.yaml``, ``bench/...``)."""
+    """Names of the shipped run cfg templates, relative to :data:`CFG_DIR` (``demo_student.yaml``, ...)."""
     return sorted(str(p.relative_to(CFG_DIR)) for p in CFG_DIR.rglob("*.yaml"))
 
 
 def resolve_cfg_path(path: str | Path) -> Path:
     """A local cfg file, else the shipped template of that name (``demo_student.yaml``, ``cfg/demo_student.yaml``,
-    ``bench/student_fp.yaml``): a pip-installed gor_det finds its templates from any directory."""
+    ``coco_student_qat_kd.yaml``): a pip-installed gor_det finds its templates from any directory."""
     p = Path(path)
     if p.is_file():
         return p
@@ -429,7 +429,7 @@ def resolve_cfg_path(path: str | Path) -> Path:
     if not p.is_absolute() and (CFG_DIR / name).is_file():
         return CFG_DIR / name
     raise ConfigError(f"cfg file not found: {p} (pass an existing YAML, or a shipped template: "
-                      f"{', '.join(n for n in shipped_cfgs() if '/' not in n)}, bench/...)")
+                      f"{', '.join(shipped_cfgs())})")
 
 
 def load_yaml(path: str | Path) -> dict:

@@ -3,5 +3,5 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup_env.sh
-.venv/bin/ruff check gor_det tools bench tests
+.venv/bin/ruff check gor_det tools bench research tests
 exec .venv/bin/python -m pytest -q "$@"

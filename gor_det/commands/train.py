@@ -5,7 +5,7 @@
     gor-det train resume=runs/gor/student/weights/last.pt
 
 cfg= (or --cfg): a run cfg YAML, a local file or the name of a template gor_det ships (demo_teacher.yaml,
-demo_student_fp.yaml, demo_student.yaml, coco_teacher_finetune.yaml, coco_student_qat_kd.yaml, bench/...).
+demo_student_fp.yaml, demo_student.yaml, coco_teacher_finetune.yaml, coco_student_qat_kd.yaml).
 """
 
 from __future__ import annotations

@@ -1,14 +1,14 @@
 #!/usr/bin/env python
 """How large are the task and the distillation gradients on the features they share? (what ``gor_grad`` balances)
 
-    python bench/grad_probe.py --student bench/out/synthetic/qat_w8a8/seed0/weights/last.pt \\
-        --teacher bench/out/synthetic/teacher_v8s/seed0/weights/best.pt --batches 6
+    python research/grad_probe.py --student research/out/synthetic/qat_w8a8/seed0/weights/last.pt \\
+        --teacher research/out/synthetic/teacher_v8s/seed0/weights/best.pt --batches 6
 
 On ``--batches`` augmented training batches (train-mode BN, fake quant active for a QAT student), with the benchmark's
 KD terms (``gor.distill`` defaults, adapters identity-initialised when the student has none), prints per batch:
 ``L_task``, ``L_kd`` and their ratio; ``n_t = ||dL_task/dF||``, ``n_k = ||dL_kd/dF||`` on the Detect-head inputs F and
 their ratio; the cosine between the two gradients; and each KD term's gradient norm on F. A second table is what
-``gor_lookahead`` measures: on the parameters of the layers feeding the Detect head and of the head, the norms of the
+``gor`` measures: on the parameters of the layers feeding the Detect head and of the head, the norms of the
 two gradients and, for every ordered pair of distinct batches (A, B), the transfers ``ρ_t = <g_t^B, g_t^A> / |g_t^A|``
 and ``ρ_k = <g_t^B, g_k^A> / |g_k^A|`` (how much a unit step along each term's batch-A gradient lowers batch B's task
 loss), averaged over the pairs, and the batch-consistent part of each gradient, ``|E g| = sqrt(mean <g^A, g^B>)``
@@ -125,7 +125,7 @@ def main():
     sig_t, sig_k = consistent_norm(g_tt), consistent_norm(g_kk)
     lines += ["", f"On the {sum(p.numel() for p in params)} parameters of the layers feeding the Detect head and of the "
               f"head ({int(pairs.sum())} ordered batch pairs):", "",
-              "| mean n_t | mean n_k | n_t / n_k | rho_t | rho_k | a = rho_k / rho_t | gor_lookahead's w_kd / w_task |",
+              "| mean n_t | mean n_k | n_t / n_k | rho_t | rho_k | a = rho_k / rho_t | gor's w_kd / w_task |",
               "|---|---|---|---|---|---|---|",
               f"| {n_t:.4f} | {n_k:.4f} | {n_t / n_k:.2f} | {rho_t:.4f} | {rho_k:.4f} | {rho_k / rho_t:.2f} | "
               f"{rho_k / rho_t * n_t / n_k:.2f} |",
@@ -136,7 +136,7 @@ def main():
               "|---|---|---|---|---|",
               f"| {sig_t:.4f} | {sig_k:.4f} | {sig_t / n_t:.2f} | {sig_k / n_k:.2f} | {sig_t / max(sig_k, 1e-12):.2f} |"]
     if a.holdout_seed is not None:
-        from teacher_ensemble import fresh_split  # bench/ is sys.path[0] when run as a script
+        from bench.teacher_ensemble import fresh_split  # the repository root is on sys.path
 
         a.holdout = str(fresh_split(a.holdout_seed))
     if a.holdout:
@@ -159,11 +159,11 @@ def main():
                   f"| {rho_th:.4f} | {rho_kh:.4f} | {rho_kh / rho_th:.2f} | {rho_kh / rho_th * n_t / n_k:.2f} |"]
     if a.adam is not None:
         lines += adam_table(full, a.adam, sum(p.numel() for p in every))
-    lines += ["", f"Command: `python bench/grad_probe.py {' '.join(sys.argv[1:])}`  ",
+    lines += ["", f"Command: `python research/grad_probe.py {' '.join(sys.argv[1:])}`  ",
               f"Machine: {platform.machine()}, {a.threads} threads; batch {a.batch} at {a.imgsz} px  ",
               f"Date: {date.today()}", ""]
     print("\n".join(lines))
-    out = Path("bench/out/grad_probe.md")
+    out = Path("research/out/grad_probe.md")
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text("\n".join(lines))
 

@@ -1,22 +1,17 @@
 #!/usr/bin/env python
-"""Benchmark harness: run a suite of cfgs on the synthetic bench preset with N seeds; write a markdown table and JSON.
+"""Benchmark harness: run the rows of a suite (research/suite.py) at their seeds; write a markdown table and JSON.
 
-    python bench/run.py --suite bench/suites/qat.yaml                 # all runs, the suite's seeds
-    python bench/run.py --suite bench/suites/qat.yaml --seeds 0 1 --only fp_v8n qat_w8a8
-    python bench/run.py --suite bench/suites/qat.yaml epochs=5        # extra Ultralytics/gor overrides for every run
+    python research/run.py --suite research/suites/synthetic.yaml --jobs 2 --reported -- gor.threads=1  # the report
+    python research/run.py --suite research/suites/synthetic.yaml --seeds 0 1 --only fp_v8n qat_w8a8
+    python research/run.py --suite research/suites/synthetic.yaml --only qat_w8a8 epochs=5  # extra overrides
 
-A suite YAML holds ``data`` (synthetic preset, generated when missing), ``common`` (overrides for every training run),
-``seeds``, and ``runs``: each with ``name`` and either ``cfg`` (+ ``overrides``) for a training run, ``kind: ptq``
-(calibrate ``weights`` only) or ``kind: ultralytics`` (stock Ultralytics trainer with its own args, e.g. the built-in
-``distill_model``). Strings may use ``{out}`` (the suite's output dir) and ``{seed}``. A run with ``base: <row>``
-is that row with the run's own fields on top, nested mappings merged key by key (:func:`resolve_bases`), so a row
-names only what it changes. A run whose ``result.json`` exists is not re-run, so an interrupted benchmark continues
-where it stopped.
+Each row runs at its own ``seeds`` (else the suite's); ``--seeds`` keeps those of them given. A row whose
+``result.json`` exists is not re-run, so an interrupted benchmark continues where it stopped.
 
-Weights and training logs go to ``--out`` (default ``bench/out/<suite>``, not tracked by git); each finished row's
+Weights and training logs go to ``--out`` (default ``research/out/<suite>``, not tracked by git); each finished row's
 ``result.json`` (the numbers, the date and the machine) and its Ultralytics ``results.csv`` are also written to
-``--results`` (default ``bench/results/<suite>``), which is committed: the tables in docs/ are regenerated from it
-(``bench/fill_docs.py``) on any checkout, without the weights.
+``--results`` (default ``research/results/<suite>``), which is committed: research/REPORT.md and the tables in docs/
+are regenerated from it (``python research/report.py``) on any checkout, without the weights.
 
 Every row is scored the same way: pycocotools mAP on the val split of the best checkpoint (gor_det.eval), next to
 Ultralytics' own val mAP from the trainer; wall time covers the whole run; s/it is the median interval between
@@ -27,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import platform
 import re
@@ -42,6 +36,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import gor_det  # noqa: E402,F401
+from research.suite import fmt, load_suite, run_seeds  # noqa: E402
+from research.tables import table  # noqa: E402
 
 
 class IterTimer:
@@ -65,71 +61,10 @@ class IterTimer:
         return statistics.median(self.t) if self.t else float("nan")
 
 
-def fmt(v, key):
-    """Fill ``{out}`` / ``{seed}`` in strings, recursively through lists and dicts."""
-    if isinstance(v, str):
-        return v.format(**key)
-    if isinstance(v, list):
-        return [fmt(x, key) for x in v]
-    if isinstance(v, dict):
-        return {k: fmt(x, key) for k, x in v.items()}
-    return v
-
-
-def merged(base: dict, over: dict) -> dict:
-    """``over`` on top of ``base``: mappings merged key by key, recursively; anything else (lists, scalars) replaced."""
-    out = dict(base)
-    for k, v in over.items():
-        out[k] = merged(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
-    return out
-
-
-def resolve_bases(runs: list[dict]) -> list[dict]:
-    """The suite's ``runs`` with each ``base: <row>`` resolved: that row's fields (its own base resolved first; all
-    but ``name``) :func:`merged` under the run's own. E.g. ``{name: kd_fixed0.5_w8a8, base: kd_fixed0.2_w8a8,
-    overrides: {gor: {balance: {w_kd: 0.5}}}}`` keeps the base row's model, quantization and teacher. Raises
-    ``ValueError`` on a repeated row name, an unknown base (naming the nearest rows) or a cycle of bases."""
-    from gor_det.config import suggest
-
-    names = [r["name"] for r in runs]
-    repeated = sorted({n for n in names if names.count(n) > 1})
-    if repeated:
-        raise ValueError(f"suite rows must have distinct names; repeated: {', '.join(repeated)}")
-    by_name, done = {r["name"]: r for r in runs}, {}
-
-    def resolve(name: str, chain: tuple[str, ...]) -> dict:
-        if name not in done:
-            run = by_name[name]
-            if "base" in run:
-                b = run["base"]
-                if b not in by_name:
-                    raise ValueError(f"suite row {name!r}: base {b!r} is not a row of the suite{suggest(b, names)}")
-                if b in chain + (name,):
-                    raise ValueError(f"suite rows form a cycle of bases: {' -> '.join(chain + (name, b))}")
-                parent = {k: v for k, v in resolve(b, chain + (name,)).items() if k != "name"}
-                run = merged(parent, {k: v for k, v in run.items() if k != "base"})
-            done[name] = run
-        return done[name]
-
-    return [resolve(n, ()) for n in names]
-
-
-def load_suite(path: str | Path) -> dict:
-    """The suite YAML at ``path`` with its runs' bases resolved (:func:`resolve_bases`); ``ConfigError`` when the
-    file is missing or invalid."""
-    from gor_det.config import ConfigError, load_yaml
-
-    suite = load_yaml(path)
-    try:
-        suite["runs"] = resolve_bases(suite.get("runs") or [])
-    except ValueError as e:
-        raise ConfigError(f"{path}: {e}") from None
-    return suite
-
-
 def train_row(run: dict, common: dict, extra: list[str], key: dict, out_dir: Path) -> dict:
     from ultralytics.utils import DEFAULT_CFG_DICT
 
+    import research.balancers  # noqa: F401  (registers the research balancers the suite's rows use)
     from gor_det.config import load_run_cfg
     from gor_det.engine.run import absolute_project, check_inputs
     from gor_det.engine.trainer import make_trainer_class
@@ -228,132 +163,6 @@ def cpu_model() -> str:
     return platform.processor() or "unknown CPU"
 
 
-def mean_std(xs):
-    xs = [x for x in xs if x == x]  # drop NaN
-    if not xs:
-        return "-"
-    if len(xs) == 1:
-        return f"{xs[0]:.4g}"
-    return f"{statistics.mean(xs):.4g} ± {statistics.stdev(xs):.2g}"
-
-
-def per_seed(xs: list[float], fmt: str) -> str:
-    """``a / b / ...`` in seed order ("-" for a missing value)."""
-    return " / ".join("-" if x != x else format(x, fmt) for x in xs)
-
-
-def by_seed(rows: list[dict], name: str, key: str = "mAP50-95") -> dict[int, float]:
-    """``{seed: row[key]}`` of run ``name`` (``None`` where a row lacks ``key``)."""
-    return {r.get("seed", 0): r.get(key) for r in rows if r["name"] == name}
-
-
-def pairs(rows: list[dict], a: str, b: str, key: str = "mAP50-95") -> list[tuple[float, float]]:
-    """``(a[key], b[key])`` per seed, seed order, over the seeds both runs have."""
-    xa, xb = by_seed(rows, a, key), by_seed(rows, b, key)
-    return [(xa[s], xb[s]) for s in sorted(xa.keys() & xb.keys())]
-
-
-def paired(rows: list[dict], a: str, b: str) -> list[float]:
-    """Per-seed differences ``a - b`` in mAP50-95 points (x100), seed order, over the seeds both runs have: same seed
-    = same FP starting point, so the pairing removes the seed-to-seed spread the two runs share."""
-    return [100 * (x - y) for x, y in pairs(rows, a, b)]
-
-
-def mean_se(xs: list[float]) -> tuple[float, float]:
-    """Mean and its standard error (sample std / sqrt(n); NaN for n < 2)."""
-    m = statistics.mean(xs)
-    return m, (statistics.stdev(xs) / len(xs) ** 0.5 if len(xs) > 1 else float("nan"))
-
-
-def _t_two_sided(x: float, df: int) -> float:
-    """P(|T| < x) for Student's t with integer ``df`` >= 1: the closed-form finite series (Abramowitz & Stegun 26.7.3
-    and 26.7.4, theta = atan(x / sqrt(df))). Stdlib only: scipy is not a dependency of the harness."""
-    theta = math.atan(x / math.sqrt(df))
-    c2, s = math.cos(theta) ** 2, math.sin(theta)
-    if df % 2 == 0:  # sin(theta) * (1 + c2/2 + 1*3 c2^2/(2*4) + ... up to c2^((df-2)/2))
-        term, total = 1.0, 1.0
-        for k in range(1, df // 2):
-            term *= c2 * (2 * k - 1) / (2 * k)
-            total += term
-        return s * total
-    if df == 1:
-        return 2 * theta / math.pi
-    term = math.cos(theta)  # (2/pi) * (theta + sin(theta) * (cos + 2/3 cos^3 + ... up to cos^(df-2)))
-    total = term
-    for k in range(1, (df - 1) // 2):
-        term *= c2 * (2 * k) / (2 * k + 1)
-        total += term
-    return 2 / math.pi * (theta + s * total)
-
-
-def t_quantile975(df: int) -> float:
-    """t(0.975, df): the half-width factor of a two-sided 95% interval, by bisection on :func:`_t_two_sided`
-    (to 1e-10; 12.706 at df 1, 4.303 at df 2, 2.447 at df 6)."""
-    lo, hi = 0.0, 1000.0
-    while hi - lo > 1e-10:
-        mid = (lo + hi) / 2
-        lo, hi = (mid, hi) if _t_two_sided(mid, df) < 0.95 else (lo, mid)
-    return (lo + hi) / 2
-
-
-def interval95(mean: float, se: float, n: int) -> tuple[float, float]:
-    """Two-sided 95% confidence interval of a mean of ``n`` paired differences: ``mean ± t(0.975, n-1) * se`` (Student
-    t: with 2-7 seeds its quantile is 12.7-2.4, where the normal one, 1.96, would claim too much). NaN for n < 2."""
-    if n < 2 or se != se:
-        return float("nan"), float("nan")
-    half = t_quantile975(n - 1) * se
-    return mean - half, mean + half
-
-
-def targets_table(rows: list[dict], targets: list[tuple[str, str, str, float]]) -> str:
-    """Markdown table of target checks ``(label, a, b, threshold)``: target ``a - b >= threshold`` (points). Verdict
-    on the mean of the paired per-seed differences; "(inside 1 s.e.)" flags a mean closer to the threshold than its
-    standard error, i.e. a verdict the seeds run do not resolve. The 95% interval (:func:`interval95`) says how far
-    either way the true difference may lie, given those seeds."""
-    lines = ["| target | a - b >= | per seed (points) | mean ± s.e. | 95% interval | seeds meeting it "
-             "| verdict on the mean |",
-             "|---|---|---|---|---|---|---|"]
-    for label, a, b, thr in targets:
-        d = paired(rows, a, b)
-        if not d:
-            continue
-        m, se = mean_se(d)
-        verdict = "met" if m >= thr else "not met"
-        if se == se and abs(m - thr) < se:
-            verdict += " (inside 1 s.e.)"
-        lo, hi = interval95(m, se, len(d))
-        ci = "-" if lo != lo else f"{lo:+.2f} to {hi:+.2f}"  # one seed: no interval
-        lines.append(f"| {label}: `{a}` - `{b}` | {thr:+.1f} | {per_seed(d, '+.2f')} | {m:+.2f} ± {se:.2f} | {ci} | "
-                     f"{sum(x >= thr for x in d)} of {len(d)} | {verdict} |")
-    return "\n".join(lines) + "\n"
-
-
-def table(rows: list[dict], names: list[str], ref: str | None = None) -> str:
-    """Markdown table, one line per run name: mean ± std over seeds, the per-seed mAP50-95 and s/iteration (seed
-    order; s/iteration per seed because rows may have run under different conditions), and with ``ref`` the paired
-    per-seed difference ``run - ref`` (:func:`paired`) and its mean, in mAP50-95 points (x100)."""
-    head = "| run | seeds | mAP50-95 (pycocotools) | per seed |" + (f" vs {ref} (points, paired) |" if ref else "")
-    head += " mAP50 | Ultralytics val mAP50-95 | wall time (s) | s/iteration |\n"
-    head += "|---|---|---|---|" + ("---|" if ref else "") + "---|---|---|---|\n"
-    lines = []
-    for n in names:
-        rs = sorted((r for r in rows if r["name"] == n), key=lambda r: r.get("seed", 0))
-        if not rs:
-            continue
-        def col(k, rs=rs):
-            return mean_std([r.get(k, float("nan")) for r in rs])
-
-        delta = ""
-        if ref:
-            d = paired(rows, n, ref)
-            mean = f" (mean {statistics.mean(d):+.2f})" if len(d) > 1 else ""
-            delta = f" {per_seed(d, '+.2f')}{mean} |" if d else " - |"
-        lines.append(f"| {n} | {len(rs)} | {col('mAP50-95')} | {per_seed([r['mAP50-95'] for r in rs], '.4f')} |{delta} "
-                     f"{col('mAP50')} | {col('ul_mAP50-95')} | {col('wall_s')} | "
-                     f"{per_seed([r.get('s_per_it', float('nan')) for r in rs], '.3f')} |")
-    return head + "\n".join(lines) + "\n"
-
-
 def prerequisites(run: dict, seed: int, names: list[str], out_root: Path) -> set[tuple[str, int]]:
     """The ``(row, seed)`` whose outputs ``run`` reads at ``seed``: every ``{out}/<row>/seed<k>/`` in its strings
     (e.g. ``model: "{out}/fp_v8n/seed{seed}/weights/best.pt"`` -> ``("fp_v8n", seed)``)."""
@@ -382,7 +191,7 @@ def schedule(pending: list, running: set, deps: dict, trained, started, n_jobs: 
 
 def run_parallel(jobs: list[tuple[dict, int]], names: list[str], argv: list[str], out_root: Path, res_root: Path,
                  n_jobs: int) -> None:
-    """Run ``(run, seed)`` jobs as ``n_jobs`` concurrent ``bench/run.py --only <row> --seeds <k>`` processes (logs in
+    """Run ``(run, seed)`` jobs as ``n_jobs`` concurrent ``research/run.py --only <row> --seeds <k>`` processes (logs in
     ``<out>/logs/``), each started once the rows it reads have finished training (:func:`prerequisites`,
     :func:`schedule`)."""
     runs = {r["name"]: r for r, _ in jobs}
@@ -420,14 +229,21 @@ def _run_queue(pending: list, running: dict, deps: dict, argv: list[str], out_ro
         time.sleep(5)
 
 
+def select(runs: list[dict], only: list[str] | None, reported: bool) -> set[str]:
+    """The names of the rows to run: those in ``only`` (all when not given), with ``reported`` only those a table of
+    the report shows (their ``tables``)."""
+    return {r["name"] for r in runs if (not only or r["name"] in only) and (not reported or r.get("tables"))}
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--suite", required=True)
-    ap.add_argument("--seeds", type=int, nargs="*")
+    ap.add_argument("--seeds", type=int, nargs="*", help="run only these of each row's seeds")
     ap.add_argument("--ref", help="add a column: paired per-seed difference to this run (e.g. fp_v8n_ft)")
     ap.add_argument("--only", nargs="*", help="run names to (re)run; others are read from their result.json if present")
-    ap.add_argument("--out", help="weights and logs (default bench/out/<suite name>)")
-    ap.add_argument("--results", help="result.json + results.csv per row, committed (default bench/results/<suite name>)")
+    ap.add_argument("--reported", action="store_true", help="only the rows a table of the suite's report shows")
+    ap.add_argument("--out", help="weights and logs (default research/out/<suite name>)")
+    ap.add_argument("--results", help="result.json + results.csv per row, committed (default research/results/<suite name>)")
     ap.add_argument("--table-only", action="store_true",
                     help="run nothing: tabulate the finished rows (those in --only, in that order; else all, in suite order)")
     ap.add_argument("--jobs", type=int, default=1,
@@ -444,33 +260,35 @@ def main():
 
     d = suite["data"]
     data = make_synthetic(d.get("root", f"datasets/synth_{d['preset']}"), preset=d["preset"], seed=d.get("seed", 0))
-    out_root = Path(a.out or Path("bench/out") / Path(a.suite).stem)
-    res_root = Path(a.results or Path("bench/results") / Path(a.suite).stem)
-    seeds = a.seeds if a.seeds else suite.get("seeds", [0])
+    out_root = Path(a.out or Path("research/out") / Path(a.suite).stem)
+    res_root = Path(a.results or Path("research/results") / Path(a.suite).stem)
     names = [r["name"] for r in suite["runs"]]
+    selected = select(suite["runs"], a.only, a.reported)
     if a.jobs > 1 and not a.table_only:
-        jobs = [(run, seed) for run in suite["runs"] if not a.only or run["name"] in a.only
-                for seed in (run.get("seeds", seeds) if not a.seeds else [s for s in seeds if s in run.get("seeds", seeds)])]
+        jobs = [(run, seed) for run in suite["runs"] if run["name"] in selected
+                for seed in run_seeds(run, suite, a.seeds)]
         jobs.sort(key=lambda j: j[1])  # seed-major: the rows of one seed finish together (paired comparisons)
         argv = ["--suite", a.suite, "--out", str(out_root), "--results", str(res_root), "--", *a.overrides]
         run_parallel(jobs, names, argv, out_root, res_root, a.jobs)
         a.table_only = True  # tabulate what the workers wrote
     rows = []
     for run in suite["runs"]:
-        run_seeds = run.get("seeds", seeds) if not a.seeds else [s for s in seeds if s in run.get("seeds", seeds)]
-        for seed in run_seeds:
+        for seed in run_seeds(run, suite, a.seeds):
             key = {"out": str(out_root), "seed": seed}
             done = res_root / run["name"] / f"seed{seed}" / "result.json"
-            if a.table_only or (a.only and run["name"] not in a.only):
+            if a.table_only or run["name"] not in selected:
                 if done.exists():
                     rows.append(json.loads(done.read_text()))
                 continue
             print(f"\n=== bench: {run['name']} seed {seed} ===", flush=True)
-            rows.append(run_one(run, suite, a.overrides, key, out_root, res_root, data))
-    if a.table_only and a.only:  # the rows asked for, in the order asked (bench/fill_docs.py's tables)
+            try:
+                rows.append(run_one(run, suite, a.overrides, key, out_root, res_root, data))
+            except ConfigError as e:  # a row's cfg: one line naming it, not a stack trace
+                sys.exit(f"error: suite row {run['name']!r}: {e}")
+    if a.table_only and a.only:  # the rows asked for, in the order asked
         names = [n for n in a.only if n in names]
     md = table(rows, names, a.ref)
-    cmd = "python bench/run.py " + " ".join(sys.argv[1:])
+    cmd = "python research/run.py " + " ".join(sys.argv[1:])
     meta = f"\nCommand: `{cmd}`  \nMachine: {machine()}  \nDate: {date.today()}\n"
     if not a.table_only:
         out_root.mkdir(parents=True, exist_ok=True)

@@ -1,14 +1,9 @@
-"""Tests of bench/grad_probe.py's arithmetic on gradients (the rest of the probe runs real checkpoints only)."""
-
-import importlib.util
-from pathlib import Path
+"""Tests of research/grad_probe.py's arithmetic on gradients (the rest of the probe runs real checkpoints only)."""
 
 import pytest
 import torch
 
-_spec = importlib.util.spec_from_file_location("grad_probe", Path(__file__).resolve().parents[1] / "bench/grad_probe.py")
-grad_probe = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(grad_probe)
+from research import grad_probe
 
 
 def _f64(*xs):

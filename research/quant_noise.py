@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """How much of a QAT checkpoint's accuracy is lost to quantization itself? mAP with the quantizers switched off.
 
-    python bench/quant_noise.py bench/out/synthetic/qat_w8a8/seed0/weights/best.pt --data datasets/synth_bench/data.yaml
+    python research/quant_noise.py research/out/synthetic/qat_w8a8/seed0/weights/best.pt --data datasets/synth_bench/data.yaml
 
 Evaluates the same trained weights four times (pycocotools mAP50-95 on the val split, the checkpoint's own imgsz):
 weights and activations quantized (what is deployed), weights only, activations only, nothing quantized (the float
@@ -44,12 +44,12 @@ def main():
         model = load_model(w_path)
         for w_on, a_on in cells:
             set_quant_enabled(model, weights=w_on, acts=a_on)
-            out = Path("bench/out/quant_noise") / "_".join(Path(w_path).parts[-4:-2]) / f"w{int(w_on)}a{int(a_on)}"
+            out = Path("research/out/quant_noise") / "_".join(Path(w_path).parts[-4:-2]) / f"w{int(w_on)}a{int(a_on)}"
             r = evaluate_backend(TorchBackend(model, "cpu"), data, coco_json_of(data), train_imgsz(model), out,
                                  names=model.names, batch=16)
             maps.append(r["mAP50-95"])
         lines.append(f"| {w_path} | " + " | ".join(f"{m:.4f}" for m in maps) + " |")
-    lines += ["", f"Command: `python bench/quant_noise.py {' '.join(sys.argv[1:])}`  ",
+    lines += ["", f"Command: `python research/quant_noise.py {' '.join(sys.argv[1:])}`  ",
               f"Machine: {platform.machine()}, {a.threads} threads  ", f"Date: {date.today()}", ""]
     print("\n".join(lines))
 

@@ -2,7 +2,7 @@
 """Measure why gor_det keeps some layers in float: PTQ of a trained FP model with the default skip list, then with
 each default skip group quantized too, scored by pycocotools mAP on the val split.
 
-    python bench/skip_sensitivity.py --model bench/out/synthetic/fp_v8n/seed0/weights/best.pt \
+    python research/skip_sensitivity.py --model research/out/synthetic/fp_v8n/seed0/weights/best.pt \
         --data datasets/synth_bench/data.yaml --bits 8 8 4 4
 
 Writes <out>/skip_sensitivity.md (and .json). PTQ isolates the quantization error of each group; no training noise.
@@ -34,7 +34,7 @@ def main():
     ap.add_argument("--data", required=True)
     ap.add_argument("--bits", type=int, nargs="+", default=[8, 8, 4, 4], help="pairs of w_bits a_bits")
     ap.add_argument("--imgsz", type=int)
-    ap.add_argument("--out", default="bench/out/skip_sensitivity")
+    ap.add_argument("--out", default="research/out/skip_sensitivity")
     a = ap.parse_args()
     from gor_det.config import parse_gor
     from gor_det.engine.evaluate import evaluate_artifact, imgsz_of
@@ -60,7 +60,7 @@ def main():
             print(rows[-1], flush=True)
     md = ["| bits | configuration (PTQ, mse calibration) | mAP50-95 | mAP50 |", "|---|---|---|---|"]
     md += [f"| {r['bits']} | {r['config']} | {r['mAP50-95']:.4f} | {r['mAP50']:.4f} |" for r in rows]
-    md += ["", f"Command: `python bench/skip_sensitivity.py {' '.join(sys.argv[1:])}`  ", f"Date: {date.today()}", ""]
+    md += ["", f"Command: `python research/skip_sensitivity.py {' '.join(sys.argv[1:])}`  ", f"Date: {date.today()}", ""]
     out.mkdir(parents=True, exist_ok=True)
     (out / "skip_sensitivity.md").write_text("\n".join(md))
     (out / "skip_sensitivity.json").write_text(json.dumps(rows, indent=2))
