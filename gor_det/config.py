@@ -336,10 +336,6 @@ def _check_ranges(cfg: GorCfg) -> None:
         ok = ok and (lo is None or (v >= lo if lo_incl else v > lo)) and (hi is None or (v <= hi if hi_incl else v < hi))
         if not ok:
             raise ConfigError(f"gor.{dotted}={v} is out of range; use {_range_text(lo, hi, lo_incl, hi_incl)} ({what})")
-    b = cfg.balance
-    if b.method == "gor" and b.w_kd <= 0:
-        raise ConfigError(f"gor.balance.w_kd={b.w_kd} is out of range for method=gor; use > 0 (its scalars start at "
-                          "s = -log w_kd; method=fixed takes w_kd: 0 for no KD)")
 
 
 def parse_gor(section: dict | None) -> GorCfg:

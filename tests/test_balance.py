@@ -78,13 +78,19 @@ def test_a_balancer_is_one_registered_class(scratch_registry):
 
 
 def test_gor_refuses_what_it_cannot_use():
-    """The cfg check names the key and the way out; a BalanceCfg built in code meets the balancer's own check."""
-    with pytest.raises(ConfigError, match=re.escape("gor.balance.w_kd=0.0 is out of range for method=gor; use > 0")):
-        parse_gor({"balance": {"w_kd": 0.0}})
-    with pytest.raises(ConfigError, match=re.escape("gor starts its scalars at s = -log(w_kd) and needs w_kd > 0")):
-        make_balancer(BalanceCfg(method="gor", w_kd=0.0))
-    with pytest.raises(ConfigError, match=re.escape("gor.balance.w_kd_end applies to method=fixed only (gor learns")):
-        make_balancer(parse_gor({"balance": {"w_kd_end": 0.2}}).balance)
+    """The balancer owns the checks of its keys (the cfg module knows no method); a run checks them before it starts
+    (engine.run.check_inputs), in one line naming the key and the way out."""
+    from gor_det.config import load_run_cfg
+    from gor_det.engine.run import check_inputs
+
+    for bad, message in ((["gor.balance.w_kd=0"], "gor.balance.w_kd=0.0: gor starts its scalars at s = -log(w_kd) and "
+                                                  "needs w_kd > 0; for training without KD use method=fixed with w_kd: 0"),
+                         (["gor.balance.w_kd_end=0.2"], "gor.balance.w_kd_end applies to method=fixed only (gor learns")):
+        run = load_run_cfg(None, bad, {"data", "model"})
+        with pytest.raises(ConfigError, match=re.escape(message)):
+            check_inputs(run)
+        with pytest.raises(ConfigError, match=re.escape(message)):
+            make_balancer(run.gor.balance)
 
 
 def test_saved_run_cfgs_read_in_todays_terms():

@@ -81,7 +81,6 @@ def test_quant_shorthand():
         (["gor.distill.feat=-0.5"], "gor.distill.feat=-0.5 is out of range; use >= 0 (weight of feature KD"),
         (["gor.distill.cls=-1"], "gor.distill.cls=-1.0 is out of range; use >= 0"),
         (["gor.distill.box=-1"], "gor.distill.box=-1.0 is out of range; use >= 0"),
-        (["gor.balance.w_kd=0"], "gor.balance.w_kd=0.0 is out of range for method=gor; use > 0"),
         (["gor.balance.method=fixed", "gor.balance.w_kd=.inf"], "gor.balance.w_kd=inf must be a number >= 0"),
         (["gor.quant.calib_batches=0"], "gor.quant.calib_batches=0 is out of range; use >= 1 (training batches"),
         (["gor.quant.percentile=150"], "gor.quant.percentile=150.0 is out of range; use 50 < x <= 100 (percent"),
