@@ -147,6 +147,7 @@ class QuantCfg:
     freeze_bn_epoch: int = -1  # from this epoch on BN statistics are frozen (-1: never)
     start_epoch: int = 0  # fake quantization from this epoch on (calibrated then); earlier epochs fine-tune in float
     skip: list[str] | None = None  # glob patterns of conv module names kept in float; None: the YOLO defaults
+    placement: str = "conv"  # conv: conv inputs only | full: also residual Add and Concat inputs, tied scales (INT8 graph)
     scale_lr: float | None = None  # lr of the step sizes (None: the trainer's)
 
 
@@ -188,6 +189,7 @@ CHOICES = {
     "distill.ensemble": ("mean_target", "mean_loss", "gt_weighted"),
     "balance.schedule": ("linear", "exp"),
     "quant.calib": ("minmax", "percentile", "mse"),
+    "quant.placement": ("conv", "full"),
 }
 
 

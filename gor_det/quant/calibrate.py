@@ -21,6 +21,7 @@ import torch
 from torch import nn
 
 from gor_det.quant.modules import quant_modules
+from gor_det.quant.numerics import FakeQuantizer
 
 
 @torch.no_grad()
@@ -30,7 +31,8 @@ def calibrate(model: nn.Module, forward_loop: Callable[[nn.Module], object], qcf
     for m in mods:
         m.weight_q.percentile = float(qcfg.percentile)
         m.init_weight_scale(qcfg.calib)
-    acts = [m.act_q for m in mods]
+    weights = {id(m.weight_q) for m in mods}
+    acts = [q for q in model.modules() if isinstance(q, FakeQuantizer) and id(q) not in weights]  # each step size once
     for q in acts:
         q.reset_observer()
         q.percentile = float(qcfg.percentile)

@@ -7,6 +7,10 @@
     w   = fake_quantize_per_channel_affine(weight_int * weight_scale, weight_scale, 0, axis 0, -128, 127)  -> Q/DQ (axis 0)
     y   = conv2d(x_q, w, bias)   (or linear)
 
+The ``full`` placement's own quantization points (residual Add and Concat inputs: :mod:`gor_det.quant.placement`)
+become :class:`DeployQuant` (``fake_quantize_per_tensor_affine`` with the learned step: a QuantizeLinear /
+DequantizeLinear pair in ONNX).
+
 ``weight_int`` are the integer codes training used (narrow range, |code| <= 2^(w_bits-1) - 1), stored as float32, so
 ``weight_int * weight_scale`` reproduces the QAT weight and the per-channel Q/DQ is exact for any ``w_bits``.
 
@@ -27,7 +31,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from gor_det.quant.modules import QConv2d, QConvBn2d, QLinear, QuantModule
-from gor_det.quant.numerics import Float32Module
+from gor_det.quant.numerics import FakeQuantizer, Float32Module
+from gor_det.quant.placement import TiedQuantizer
 
 W_EXPORT_RANGE = (-128, 127)
 
@@ -115,9 +120,41 @@ class DeployQLinear(_DeployQ):
         return F.linear(self.quantize_input(x.float()), self.dequant_weight(), self.bias).to(dtype)
 
 
+class DeployQuant(Float32Module):
+    """Export form of an activation quantizer outside a conv (a :class:`FakeQuantizer` or :class:`TiedQuantizer` of
+    the ``full`` placement): ``fake_quantize_per_tensor_affine`` on the 8-bit export grid (see module docstring).
+    Buffers ``scale`` (), ``zero_point`` () int32; attributes ``bits``, ``qmin``, ``qmax`` (the training grid),
+    ``export_range``. Any shape -> same shape and dtype."""
+
+    def __init__(self, q: FakeQuantizer | TiedQuantizer):
+        super().__init__()
+        if not q.enabled:
+            raise ValueError("convert_for_export: a quantizer is disabled (set_quant_enabled(model) first)")
+        if not q.is_initialized:
+            raise ValueError("convert_for_export: an activation quantizer was never calibrated or run")
+        self.register_buffer("scale", q.scale.detach().clone().reshape(()))
+        self.register_buffer("zero_point", q.zero_point.detach().round().to(torch.int32).reshape(()))
+        self.bits, self.qmin, self.qmax = q.bits, q.qmin, q.qmax
+        self.export_range = (-128, 127) if q.qmin < 0 else (0, 255)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        lo, hi = self.export_range
+        return torch.fake_quantize_per_tensor_affine(x.float(), self.scale, self.zero_point, lo, hi).to(x.dtype)
+
+    def extra_repr(self) -> str:
+        return f"bits={self.bits}, q=[{self.qmin}, {self.qmax}]"
+
+
 def convert_for_export(model: nn.Module) -> nn.Module:
-    """A deepcopy of ``model`` with every QAT module replaced by its export form (the original is untouched)."""
+    """A deepcopy of ``model`` with every QAT module and quantizer replaced by its export form (the original is
+    untouched)."""
     model = copy.deepcopy(model)
+    for parent in list(model.modules()):  # first the placement's points: they may read a conv's input quantizer
+        if isinstance(parent, QuantModule):
+            continue
+        for cname, q in list(parent.named_children()):
+            if isinstance(q, (FakeQuantizer, TiedQuantizer)):
+                setattr(parent, cname, DeployQuant(q))
     for parent in list(model.modules()):
         for cname, q in list(parent.named_children()):
             if isinstance(q, (QConvBn2d, QConv2d)):

@@ -51,11 +51,18 @@ class QuantModule(Float32Module):
 
     act_q: FakeQuantizer
     weight_q: FakeQuantizer
+    # True when the input arrives already quantized by ``act_q`` (the ``full`` placement ties it to the quantizer of
+    # the Concat / residual block that feeds this conv): ``act_q`` is then not applied again, its step size is still
+    # the one export writes
+    input_quantized = False
 
     @staticmethod
     def _input(x: torch.Tensor) -> tuple[torch.Tensor, torch.dtype | None]:
         """``(input for the quantizer, dtype to cast the output to or None)``."""
         return (x, None) if autocast_on(x) else (x.float(), x.dtype)
+
+    def _quantize_input(self, x: torch.Tensor) -> torch.Tensor:
+        return x if self.input_quantized else self.act_q(x)
 
     @staticmethod
     def _output(y: torch.Tensor, dtype: torch.dtype | None) -> torch.Tensor:
@@ -157,7 +164,7 @@ class QConvBn2d(QuantModule):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x, dtype = self._input(x)
-        x = self.act_q(x)
+        x = self._quantize_input(x)
         f = self.fold_factor()
         w = self.weight_q(self.conv.weight, f) if self.fold else self.weight_q(self.conv.weight)  # Q_w(w * f) | Q_w(w)
         if self.training and not self.bn_frozen:
@@ -204,7 +211,7 @@ class QConv2d(QuantModule):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x, dtype = self._input(x)
-        y = self.conv._conv_forward(self.act_q(x), self.weight_q(self.conv.weight), self.conv.bias)
+        y = self.conv._conv_forward(self._quantize_input(x), self.weight_q(self.conv.weight), self.conv.bias)
         return self._output(y, dtype)
 
     @torch.no_grad()
@@ -234,7 +241,7 @@ class QLinear(QuantModule):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x, dtype = self._input(x)
-        return self._output(F.linear(self.act_q(x), self.weight_q(self.linear.weight), self.linear.bias), dtype)
+        return self._output(F.linear(self._quantize_input(x), self.weight_q(self.linear.weight), self.linear.bias), dtype)
 
     @torch.no_grad()
     def deploy_params(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

@@ -8,7 +8,9 @@
   is set, which is exactly what Ultralytics' own ``fuse()`` does, so ``model.fuse()`` leaves the block alone;
 * any other ``nn.Conv2d`` -> :class:`QConv2d`, ``nn.Linear`` -> :class:`QLinear`;
 * convs inside other conv+BN modules (``Conv2``, ``RepConv``: ``fuse()`` would re-parameterise them) and the
-  ``out_proj`` of ``nn.MultiheadAttention`` (read as a raw weight) stay float.
+  ``out_proj`` of ``nn.MultiheadAttention`` (read as a raw weight) stay float;
+* with ``qcfg.placement == "full"``, the residual Adds and Concats are quantized too, with tied step sizes
+  (:func:`gor_det.quant.placement.place_full`).
 
 Skip globs (``qcfg.skip`` or :data:`DEFAULT_SKIP`) are matched with ``fnmatchcase`` against the dotted name of the
 ``nn.Conv2d`` / ``nn.Linear`` being replaced, relative to the model passed in (for a Conv block: ``<block>.conv``).
@@ -25,6 +27,7 @@ from torch import nn
 from gor_det.quant.calibrate import calibrate
 from gor_det.quant.modules import QConv2d, QConvBn2d, QLinear, QuantModule, quant_modules
 from gor_det.quant.numerics import FakeQuantizer
+from gor_det.quant.placement import PLACEMENTS, place_full, unplace
 
 # YOLO defaults: the first conv (sees raw pixels; tiny and accuracy-critical), DFL's fixed integral conv, and the final
 # 1x1 output convs of the Detect head (box/class logits; also one2one_cv2/one2one_cv3 of end-to-end heads).
@@ -82,6 +85,11 @@ def prepare_qat(model: nn.Module, qcfg, forward_loop=None, filter_fn: FilterFn |
         m.forward = m.forward_fuse  # instance attribute, like Ultralytics' fuse(); strip_qat deletes it
     for parent, cname, c in plain:
         setattr(parent, cname, QConv2d.from_float(c, qcfg) if isinstance(c, nn.Conv2d) else QLinear.from_float(c, qcfg))
+    placement = getattr(qcfg, "placement", "conv")
+    if placement not in PLACEMENTS:
+        raise ValueError(f"placement={placement!r} is not one of {', '.join(PLACEMENTS)}")
+    if placement == "full":
+        place_full(model, qcfg)
     if forward_loop is not None:
         calibrate(model, forward_loop, qcfg)
     return model
@@ -89,7 +97,9 @@ def prepare_qat(model: nn.Module, qcfg, forward_loop=None, filter_fn: FilterFn |
 
 def strip_qat(model: nn.Module) -> nn.Module:
     """Exact inverse of :func:`prepare_qat`, in place: the float modules with their trained (unfolded) weights, BN put
-    back on its Conv block and the block's ``forward`` restored. Returns ``model``."""
+    back on its Conv block and the block's ``forward`` restored (and the ``full`` placement's blocks as they were).
+    Returns ``model``."""
+    unplace(model)
     for parent in list(model.modules()):
         for cname, q in list(parent.named_children()):
             if isinstance(q, QConvBn2d):
@@ -118,10 +128,11 @@ def freeze_bn(model: nn.Module) -> nn.Module:
 
 
 def set_quant_enabled(model: nn.Module, weights: bool = True, acts: bool = True) -> nn.Module:
-    """Switch fake quantization of weights / activations on (True) or off (identity) in every QAT module."""
-    for m in quant_modules(model).values():
-        m.weight_q.enabled = bool(weights)
-        m.act_q.enabled = bool(acts)
+    """Switch fake quantization of weights / activations on (True) or off (identity) in every quantizer."""
+    wq = {id(m.weight_q) for m in quant_modules(model).values()}
+    for q in model.modules():
+        if isinstance(q, FakeQuantizer):
+            q.enabled = bool(weights) if id(q) in wq else bool(acts)
     return model
 
 
