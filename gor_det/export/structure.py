@@ -17,10 +17,11 @@ Rules per format (``fmt``):
   SiLU as ``Sigmoid(x) * x``, an Add whose other input is INT8 data (the quantized residual). A tensor *ends in Q* when
   it is no graph output and every consumer is a QuantizeLinear (Q), directly or through commuting ops, all with one
   scale. The epilogues run INT8 (fused with the conv and its output Q) when the group's output ends in Q, float
-  otherwise; a commuting op runs INT8 on INT8 data, or when its output ends in Q and its inputs can be made INT8 (Q
-  backward propagation); Add / Sub / Mul / AveragePool / GlobalAveragePool with all data inputs INT8 and an output
-  ending in Q run INT8 (quantized element-wise / pooling). A **float->int8 boundary** is an activation Q whose
-  input cannot be produced in INT8 (its producer is a float op, a graph input, or feeds a float consumer as well); an
+  otherwise; a commuting op runs INT8 on INT8 data, or when its output ends in Q and its inputs can be produced in
+  INT8 at that Q's scale (Q backward propagation; a DQ'd input of another scale cannot); Add / Sub / Mul /
+  AveragePool / GlobalAveragePool with all data inputs INT8 and an output ending in Q run INT8 (quantized
+  element-wise / pooling). A **float->int8 boundary** is an activation Q whose input cannot be produced in INT8 (its
+  producer is a float op or a graph input, or the tensor also feeds a float op or a Q of another scale); an
   **int8->float boundary** is an activation DQ whose data reaches a float op or a graph output.
 * ``onnx_ort_int8`` (ONNX Runtime QDQ format, CPU EP; onnxruntime docs "Quantize ONNX models" > QDQ format: a node
   unit ``DQ -> op -> Q`` becomes a ``QLinear*`` kernel, or runs on INT8 data with its Q/DQ dropped). An op of
@@ -149,7 +150,7 @@ def _onnx(path, trt: bool) -> dict:
 
     def ends_in_q(t):
         s = q_scales(t)
-        return s is not None and (len(s) == 1 or not trt)
+        return s is not None and len(s) == 1
 
     int8, group_of, group_out = set(), {}, {}
     for n in nodes:
@@ -194,15 +195,20 @@ def _onnx(path, trt: bool) -> dict:
         if trt and p.op_type in TRT_QUANTIZABLE and id(p) not in group_of:
             return all(i in s8 for i in data(p))
         if trt and commutes(p):
-            return all(can8(i) for i in data(p))
+            return back8(p)
         return not trt and id(p) in int8
+
+    def back8(n):  # Q backward propagation: n's outputs end in one Q scale its inputs can be produced in
+        qs = {s for o in n.output if ends_in_q(o) for s in q_scales(o)}
+        return len(qs) == 1 and all(map(ends_in_q, n.output)) and all(
+            can8(i) and (i not in s8 or s8[i] in qs) for i in data(n))
 
     for n in nodes:
         ins = data(n)
         if id(n) in int8 or n.op_type in NOT_OPS or id(n) in group_of:
             continue
         if trt and commutes(n):
-            ok = n.output[0] in s8 or (all(map(ends_in_q, n.output)) and all(can8(i) for i in ins))
+            ok = n.output[0] in s8 or back8(n)
         elif trt:
             ok = n.op_type in TRT_QUANTIZABLE and all(i in s8 for i in ins) and all(map(ends_in_q, n.output))
         else:
@@ -256,15 +262,19 @@ def _onnx(path, trt: bool) -> dict:
     }, convs)
 
 
-def _toposort(nodes, available):
+def _toposort(nodes, available) -> list:
     done, out, pending = set(available) | {""}, [], list(nodes)
     while pending:
-        rest = [n for n in pending if not all(i in done for i in n.input)]
-        ready = [n for n in pending if all(i in done for i in n.input)] or rest[:1]  # a cycle: keep the order
-        for n in ready:
-            out.append(n)
-            done.update(n.output)
-        pending = [n for n in pending if n not in ready] if len(ready) < len(pending) else []
+        rest = []
+        for n in pending:
+            if all(i in done for i in n.input):
+                out.append(n)
+                done.update(n.output)
+            else:
+                rest.append(n)
+        if len(rest) == len(pending):  # a cycle or an input from nowhere: keep the file's order
+            return out + rest
+        pending = rest
     return out
 
 
@@ -283,11 +293,10 @@ def _ncnn(path, imgsz) -> dict:
     p = next(iter(sorted(p.glob("*.param"))), p) if p.is_dir() else p
     _, layers = read_param(p)
     hw = {}
-    if imgsz is not None:
-        h, w = (imgsz, imgsz) if isinstance(imgsz, int) else imgsz
-        for la in layers:
-            if la.type == "Input":
-                hw.update(dict.fromkeys(la.tops, (int(h), int(w))))
+    for la in layers:  # the input size: imgsz, else the Input layer's 1=h 0=w
+        if la.type == "Input":
+            h, w = (imgsz, imgsz) if isinstance(imgsz, int) else imgsz or (la.i(1), la.i(0))
+            hw.update(dict.fromkeys(la.tops, (int(h), int(w)) if h and w else None))
     ops, convs, int8 = [], [], []
     for la in layers:
         if la.type == "Input":
@@ -328,7 +337,8 @@ def _ncnn(path, imgsz) -> dict:
         "format": "ncnn_int8", "ops": len(ops), "ops_int8": len(int8), "int8_by_op": dict(Counter(la.type for la in int8)),
         "float_by_op": dict(Counter(la.type for la in ops if la not in int8)), "boundaries": bounds,
         "boundaries_float_to_int8": len(int8), "boundaries_int8_to_float": sum(la.i(8) <= 100 for la in int8),
-        "boundaries_backbone_neck": None, "boundaries_head": None, "head_index": None}, convs)
+        "boundaries_backbone_neck": None, "boundaries_head": None, "head_index": None,
+        "boundary_nodes": [la.name for la in int8]}, convs)
 
 
 def summary(rep: dict) -> str:
