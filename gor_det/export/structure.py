@@ -204,7 +204,7 @@ def _onnx(path, trt: bool) -> dict:
             can8(i) and (i not in s8 or s8[i] in qs) for i in data(n))
 
     for n in nodes:
-        ins = data(n)
+        ins = data(n)  # the ops outside conv groups
         if id(n) in int8 or n.op_type in NOT_OPS or id(n) in group_of:
             continue
         if trt and commutes(n):
@@ -238,8 +238,7 @@ def _onnx(path, trt: bool) -> dict:
                 return i
         return None
 
-    f2i = [n for n in nodes if n.op_type == "QuantizeLinear" and not can8(n.input[0])
-           and not (not trt and n.input[0] in prod and id(prod[n.input[0]]) in int8)]
+    f2i = [n for n in nodes if n.op_type == "QuantizeLinear" and not can8(n.input[0])]
     i2f = [n for n in nodes if n.op_type == "DequantizeLinear" and to_float(n.output[0])]
     bounds = f2i + i2f
     regions = [region(n) for n in bounds]
@@ -247,7 +246,8 @@ def _onnx(path, trt: bool) -> dict:
     convs = []
     for n in ops:
         if n.op_type in ("Conv", "ConvTranspose"):
-            w, o = const.get(n.input[1]) or shapes.get(n.input[1]), shapes.get(n.output[0])
+            w = const.get(n.input[1]) or shapes.get(n.input[1])
+            o = shapes.get(n.output[0] if n.op_type == "Conv" else n.input[0])  # MACs per input pixel if transposed
             macs = int(np.prod(w) * np.prod(o[2:])) if w and o and None not in w + o[2:] else None
             convs.append((macs, id(n) in int8))
     return _finish({
