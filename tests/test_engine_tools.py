@@ -76,8 +76,20 @@ def test_export_det_qat_then_val_exports(fp_and_ptq, tiny_data, tmp_path):
         assert rep["exports"][k]["ok"], (k, rep["exports"][k])
     assert rep["exports"]["onnx_ort_int8"]["calibration"] == f"24 train images of {tiny_data}"  # all 24 of tiny
     assert rep["exports"]["onnx_qdq"]["qdq_rules_ok"]
+    for k in ("onnx_qdq", "onnx_ort_int8", "ncnn_int8"):  # the structural speed report of each INT8 artefact
+        st = rep["exports"][k]["structure"]
+        assert st["format"] == k and st["ops_int8"] > 0 and st["int8_conv_share"] > 0.9, (k, st)
+        assert f"[structure {k}]" in out.stdout
     assert "trtexec --onnx=" in rep["exports"]["engine"]["trtexec"]
     assert "mAP50-95" in out.stdout and (tmp_path / "exp" / "eval" / "ncnn_int8" / "metrics.json").exists()
+
+
+def test_structure_report_failure_is_recorded_not_raised(tmp_path, capsys):
+    from gor_det.engine.exporting import add_structure
+
+    entry = add_structure({"ok": True}, tmp_path / "missing.onnx", "onnx_qdq", 64)
+    assert entry["ok"] and "structure" not in entry and entry["structure_error"]
+    assert "structure report FAILED" in capsys.readouterr().out
 
 
 def test_calibration_images_from_data_then_run_data_then_parity_images(tiny_data, tmp_path):

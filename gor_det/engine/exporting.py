@@ -19,7 +19,10 @@ written. Every export is then compared with its PyTorch reference on real images
 ``bus.jpg``/``zidane.jpg`` or ``gor.export.parity_images``): class-score max difference, relative L2 and detections
 after NMS, and, with ``evaluate``, scored (COCO mAP) on the val split of ``data``. A format that fails (a TensorRT
 parse or build error, a failed check) is an entry with its ``error`` in ``export.json`` while the other formats are
-still written, checked and scored; then :class:`ExportCheckError` is raised (the CLI exits non-zero).
+still written, checked and scored; then :class:`ExportCheckError` is raised (the CLI exits non-zero). Each INT8
+entry also holds ``structure``, the structural speed report of :mod:`gor_det.export.structure` (ops in INT8,
+INT8<->float boundaries, INT8 share of conv MACs), printed with the export; a failure of that report is its
+``structure_error`` and does not fail the export.
 """
 
 from __future__ import annotations
@@ -98,6 +101,20 @@ def _error_text(e: BaseException) -> str:
 
 def _first_line(text: str) -> str:
     return (text.strip().splitlines() or [""])[0]
+
+
+def add_structure(entry: dict, path, fmt: str, imgsz: int) -> dict:
+    """Add the structural speed report of an INT8 artefact (:func:`gor_det.export.structure.structure_report`) to its
+    ``export.json`` entry as ``"structure"`` and print its summary; a failure is ``"structure_error"``, never fatal."""
+    from gor_det.export.structure import structure_report, summary
+
+    try:
+        entry["structure"] = structure_report(path, fmt, imgsz)
+        print(summary(entry["structure"]))
+    except Exception as e:  # noqa: BLE001  (a report, not a check: the export stands)
+        entry["structure_error"] = _error_text(e)
+        print(f"[{fmt}] structure report FAILED: {entry['structure_error']}")
+    return entry
 
 
 def export_student(
@@ -210,6 +227,7 @@ def export_student(
 
     def onnx_qdq():
         p = export_onnx_qdq(deploy, imgsz, out / f"{stem}_qdq.onnx", opset=opset)
+        add_structure(exports.setdefault("onnx_qdq", {}), p, "onnx_qdq", imgsz)
         rules = check_qdq(p)
         print(rules.summary())
         check("onnx_qdq", p, q_ref, INT8_TOL, {"qdq_rules_ok": bool(rules.ok), "trtexec": trtexec_command(
@@ -220,12 +238,15 @@ def export_student(
         check("ncnn_fp32", export_ncnn(fp, imgsz, out / f"{stem}_ncnn_fp32").dir, fp, FP_TOL)
 
     def ncnn_int8():
-        check("ncnn_int8", export_ncnn_int8(deploy, imgsz, out / f"{stem}_ncnn_int8").dir, q_ref, INT8_TOL)
+        m = export_ncnn_int8(deploy, imgsz, out / f"{stem}_ncnn_int8")
+        add_structure(exports.setdefault("ncnn_int8", {}), m.param, "ncnn_int8", imgsz)
+        check("ncnn_int8", m.dir, q_ref, INT8_TOL)
 
     def onnx_ort_int8():
         calib, source = calibration_images(ckpt_model, data, ecfg.calib_images, imgsz, parity_images)
         print(f"[onnx_ort_int8] calibrating the non-learned ranges on {len(calib)} images ({source})")
         p = export_onnx_ort_int8(deploy, imgsz, out / f"{stem}_ort_int8.onnx", calib, opset=opset)
+        add_structure(exports.setdefault("onnx_ort_int8", {}), p, "onnx_ort_int8", imgsz)
         check("onnx_ort_int8", p, q_ref, INT8_TOL, {"calibration": source})
 
     def engine():
