@@ -27,10 +27,11 @@ def tiny_overrides(data, project, name, **kw):
 
 
 def make_export_models(nc: int = 4, imgsz: int = 64, seed: int = 0, fmt: str = "onnx", cfg: str = "yolov8n.yaml",
-                       fuse: bool = True):
+                       fuse: bool = True, placement: str = "conv"):
     """(fp fused export-mode model, QAT model, convert_for_export model) of a yolov8n (or ``cfg``) with non-trivial
     weights; end-to-end heads (YOLO26) export their one-to-many branch, as gor_det's export does. ``fuse=False``
-    leaves the QAT model unfused (as tools/export_det.py does: YOLO26 then keeps both head branches)."""
+    leaves the QAT model unfused (as tools/export_det.py does: YOLO26 then keeps both head branches). ``placement``:
+    gor.quant.placement (conv | full)."""
     import copy
 
     import torch
@@ -55,7 +56,7 @@ def make_export_models(nc: int = 4, imgsz: int = 64, seed: int = 0, fmt: str = "
     m.eval()
     fp = copy.deepcopy(m).fuse()
     calib = torch.rand(4, 3, imgsz, imgsz)
-    prepare_qat(m, QuantCfg(calib="minmax"), forward_loop=lambda mm: mm(calib))
+    prepare_qat(m, QuantCfg(calib="minmax", placement=placement), forward_loop=lambda mm: mm(calib))
     if fuse:
         m.fuse()
     for mm in (fp, m):

@@ -192,3 +192,48 @@ def test_default_images():
     assert [p.name for p in paths] == ["bus.jpg", "zidane.jpg"]
     x = load_images(imgsz=(64, 96))
     assert x.shape == (2, 3, 64, 96) and x.dtype == np.float32 and 0 <= x.min() and x.max() <= 1
+
+
+def concat_graph(s_a=0.1, s_b=0.1, s_out=0.1, float_b=False):
+    """images -> Q/DQ(s_a) --------------------\\
+       images -> Relu -> [Q/DQ(s_b) | float] --> Concat -> Q/DQ(s_out) -> MaxPool -> output0"""
+    def qdq(x, s, name):
+        return [helper.make_node("QuantizeLinear", [x, f"{name}_s", "zp"], [f"{name}_q"], name=f"q_{name}"),
+                helper.make_node("DequantizeLinear", [f"{name}_q", f"{name}_s", "zp"], [f"{name}_dq"],
+                                 name=f"dq_{name}")], numpy_helper.from_array(np.array(s, np.float32), f"{name}_s")
+
+    inits = [numpy_helper.from_array(np.array(0, np.int8), "zp")]
+    nodes, n_a = [], "a_dq"
+    qa, ia = qdq("images", s_a, "a")
+    nodes += qa + [helper.make_node("Relu", ["images"], ["r"], name="relu")]
+    inits.append(ia)
+    if float_b:
+        b = "r"
+    else:
+        qb, ib = qdq("r", s_b, "b")
+        nodes += qb
+        inits.append(ib)
+        b = "b_dq"
+    nodes.append(helper.make_node("Concat", [n_a, b], ["cat"], name="cat", axis=1))
+    qo, io = qdq("cat", s_out, "o")
+    nodes += qo + [helper.make_node("MaxPool", ["o_dq"], ["output0"], name="pool", kernel_shape=[1, 1])]
+    inits.append(io)
+    g = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("images", TensorProto.FLOAT, [1, 3, 8, 8])],
+                          [helper.make_tensor_value_info("output0", TensorProto.FLOAT, [1, 6, 8, 8])], inits)
+    return helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+
+
+@pytest.mark.parametrize("kwargs, expected", [
+    (dict(), {}),
+    (dict(s_b=0.2), {"concat_scale": ["cat"], "requantize": ["dq_b"]}),  # dq_b (0.2) feeds q_o (0.1)
+    (dict(float_b=True), {"concat_scale": ["cat"]}),
+    (dict(s_out=0.3), {"requantize": ["dq_a", "dq_b"]}),
+])
+def test_concat_scale_and_requantize_warnings(kwargs, expected):
+    m = concat_graph(**kwargs)
+    onnx.checker.check_model(m)
+    rep = check_qdq(m)
+    got = {}
+    for w in rep.warnings:
+        got.setdefault(w.rule, []).append(w.node)
+    assert rep.ok and got == expected, rep.summary()

@@ -207,3 +207,15 @@ def testunused_modules_are_those_not_reaching_the_output():
     assert unused_modules(m, {"dead"}, 16) == {"dead"}
     assert unused_modules(m, {"used"}, 16) == set()
     assert m.used.weight.grad is None  # worked on a copy
+
+
+def test_ncnn_int8_of_the_full_placement(images, tmp_path):
+    """gor.quant.placement: full. NCNN has no INT8 Add / Concat: the placement's points become identities, the convs
+    still get their (tied) learned input steps, and the model stays within the INT8 parity gate."""
+    from gor_det.export import NcnnBackend, TorchBackend, compare_backends, export_ncnn_int8
+
+    _, qat, dep = make_export_models(fmt="ncnn", placement="full")
+    n8 = export_ncnn_int8(dep, IMGSZ, tmp_path / "int8")
+    assert len(n8.quantized) == 56
+    rep = compare_backends(TorchBackend(qat), NcnnBackend(n8.param, threads=1), images)
+    assert rep.ok, rep.summary()

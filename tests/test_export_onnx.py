@@ -110,3 +110,26 @@ def test_asymmetric_activations_are_not_tensorrt(tmp_path, images):
     p = export_onnx_qdq(dep, IMGSZ, tmp_path / "a.onnx", strict=False)
     rep = compare_backends(TorchBackend(dep), OnnxBackend(p), images, cls_tol=5e-3, rel_l2_tol=1e-3)
     assert rep.ok, rep.summary()
+
+
+@pytest.mark.parametrize("cfg", ["yolov8n.yaml", "yolo11n.yaml", "yolo26n.yaml"])
+def test_full_placement_qdq_has_no_float_islands(cfg, images, tmp_path):
+    """gor.quant.placement: full. The TensorRT rules pass with 0 warnings (no unquantized residual Add, every Concat on
+    one scale, no requantization), the graph matches the fake-quant model, and the conv-only graph of the same model
+    is the one that warns."""
+    from gor_det.export import OnnxBackend, TorchBackend, check_qdq, compare_backends, export_onnx_qdq
+    from gor_det.export.structure import structure_report
+
+    reports = {}
+    for placement in ("conv", "full"):
+        _, _, dep = make_export_models(cfg=cfg, fuse="26" not in cfg, placement=placement)
+        p = export_onnx_qdq(dep, IMGSZ, tmp_path / f"{placement}.onnx")
+        reports[placement] = check_qdq(p), structure_report(p, "onnx_qdq")
+        if placement == "full":
+            par = compare_backends(TorchBackend(dep), OnnxBackend(p), images, cls_tol=5e-3, rel_l2_tol=1e-3)
+            assert par.cls_max_abs <= 5e-3 and par.rel_l2 <= 1e-3, par.summary()
+    (conv_rules, conv_s), (full_rules, full_s) = reports["conv"], reports["full"]
+    assert full_rules.ok and not full_rules.warnings, full_rules.summary()
+    assert {"residual_add", "concat_scale"} <= {w.rule for w in conv_rules.warnings}
+    assert full_s["boundaries_backbone_neck"] < conv_s["boundaries_backbone_neck"], (conv_s, full_s)
+    assert full_s["ops_int8"] > conv_s["ops_int8"]

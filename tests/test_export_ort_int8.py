@@ -125,3 +125,31 @@ def test_bad_inputs_are_clear_errors(models, calib, tmp_path):
         export_onnx_ort_int8(models[0], IMGSZ, tmp_path / "fp.onnx", calib)
     with pytest.raises(ValueError, match="calib_images is empty"):
         export_onnx_ort_int8(models[2], IMGSZ, tmp_path / "x.onnx", calib[:0])
+
+
+def test_full_placement_ranges_are_learned_not_calibrated(calib, tmp_path):
+    """gor.quant.placement: full. The residual Add and Concat inputs take the learned steps (the Q/DQ pairs of the
+    placement become ORT overrides on the tensors ORT quantizes), every Add and Concat of the backbone and neck runs
+    in QLinear kernels, and the model matches the fake-quant model."""
+    import onnx
+
+    from gor_det.export import OnnxBackend, TorchBackend, compare_backends, export_onnx_ort_int8, load_images
+    from gor_det.export.ncnn_export import dequantized_copy
+    from gor_det.export.onnx_export import export_onnx
+    from gor_det.export.ort_int8 import take_learned_points
+
+    _, qat, dep = make_export_models(placement="full")
+    points = [m for m in dep.modules() if hasattr(m, "export_range")]
+    float_model, _ = dequantized_copy(dep, keep_points=True)
+    proto = onnx.load(str(export_onnx(float_model, IMGSZ, tmp_path / "fp.onnx")))
+    learned = take_learned_points(proto.graph)
+    assert not any(n.op_type in ("QuantizeLinear", "DequantizeLinear") for n in proto.graph.node)
+    scales = {round(float(m.scale), 9) for m in points}
+    assert learned and {round(s, 9) for s, _ in learned.values()} <= scales
+    assert all(zp == 128 for _, zp in learned.values())  # signed steps on the uint8 grid
+    p = export_onnx_ort_int8(dep, IMGSZ, tmp_path / "full.onnx", calib)
+    ops = optimized_ops(p, tmp_path)
+    assert ops["QLinearAdd"] >= 6 and ops["QLinearConcat"] >= 13, ops
+    rep = compare_backends(TorchBackend(qat), OnnxBackend(p), load_images(imgsz=IMGSZ), cls_tol=0.1, rel_l2_tol=0.05,
+                           min_match=0.8, min_mean_iou=0.8)
+    assert rep.ok, rep.summary()

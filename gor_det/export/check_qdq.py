@@ -22,9 +22,17 @@ Rules and their sources (NVIDIA TensorRT documentation):
   (Developer Guide, "Q/DQ Layer-Placement Recommendations"): a weighted op with a DQ on one input but not on the
   other runs in float (or fails to fuse).
 * ``weighted_op_output``: "By default, do not quantize the outputs of weighted operations" (same section): a
-  ``Conv -> Q -> DQ`` whose DQ feeds a non-weighted op breaks the Conv+activation fusion (a known cause of a QAT
-  engine slower than PTQ). ``Conv -> Q -> DQ -> Conv`` is accepted.
+  ``Conv -> Q -> DQ`` whose DQ feeds an op TensorRT would fuse into the conv (an activation, a residual Add) breaks
+  that fusion (a known cause of a QAT engine slower than PTQ). ``Conv -> Q -> DQ`` into a Conv, or into ops that
+  keep the INT8 values (MaxPool, Concat, Resize, Slice: a conv without activation feeding SPPF's pools) is the conv's
+  fused INT8 output and accepted.
 * ``qdq_pair``: every activation DequantizeLinear is fed by a QuantizeLinear with the same scale and zero point.
+* ``concat_scale`` (warning only): a Concat on an INT8 path (its output is quantized, directly or through ops Q/DQ
+  commute with) whose inputs are not all DequantizeLinear outputs of one scale: TensorRT then runs the Concat in
+  float and inserts reformats around it (NVIDIA yolo_deepstream ``yolov7_qat``: one scale for all inputs of a Concat).
+* ``requantize`` (warning only): a DequantizeLinear whose tensor reaches a QuantizeLinear of another scale through
+  ops Q/DQ commute with only (Reshape, Transpose, Slice, Split, MaxPool, Resize, Concat, Identity): an INT8 tensor is
+  dequantized only to be requantized, a reformat a shared scale avoids.
 * ``residual_add`` (warning only): an ``Add`` after a quantized conv (through its activation) whose other input has
   no Q/DQ runs as a separate float kernel; quantizing that residual input lets TensorRT fuse it ("Q/DQ
   Layer-Placement Recommendations": quantize the residual input of element-wise addition).
@@ -47,6 +55,9 @@ import numpy as np
 from gor_det.export.qdq import attr, constants
 
 WEIGHTED_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
+EPILOGUE_OPS = ("Sigmoid", "Mul", "Relu", "LeakyRelu", "Clip", "HardSwish", "HardSigmoid", "Tanh", "Add", "Sub",
+                "Elu", "Selu", "Softplus", "Gelu", "Div")  # ops TensorRT fuses into a conv's epilogue
+COMMUTING = ("Reshape", "Transpose", "Slice", "Split", "MaxPool", "Resize", "Concat", "Identity", "Squeeze", "Unsqueeze")
 
 
 @dataclass
@@ -253,7 +264,7 @@ def check_qdq(model, quantized_ops=WEIGHTED_OPS, require_all: bool = False, skip
                 if q.op_type != "QuantizeLinear":
                     continue
                 for dq in consumers.get(q.output[0], []):
-                    bad = [c for c in consumers.get(dq.output[0], []) if c.op_type not in quantized_ops]
+                    bad = [c for c in consumers.get(dq.output[0], []) if c.op_type in EPILOGUE_OPS]
                     if bad:
                         vio(
                             "weighted_op_output",
@@ -275,6 +286,40 @@ def check_qdq(model, quantized_ops=WEIGHTED_OPS, require_all: bool = False, skip
             n = next((src(i) for i in n.input if i not in vals and src(i) is not None), None)
             depth -= 1
         return False
+
+    def scale_of(n):
+        return None if n.input[1] not in vals else np.asarray(vals[n.input[1]], np.float32).reshape(-1)[0]
+
+    def reached_qs(t, seen=None):  # the QuantizeLinear nodes ``t`` reaches through COMMUTING ops only
+        seen = set() if seen is None else seen
+        out = []
+        for c in consumers.get(t, []):
+            if c.op_type == "QuantizeLinear":
+                out.append(c)
+            elif c.op_type in COMMUTING and c.output and c.output[0] not in seen:
+                seen.add(c.output[0])
+                for o in c.output:
+                    out += reached_qs(o, seen)
+        return out
+
+    def dq_above(t):  # the producer of ``t`` above single-input ops Q/DQ commute with (a pooled DQ is still INT8)
+        p = src(t)
+        while p is not None and p.op_type in COMMUTING and p.op_type != "Concat":
+            p = src(p.input[0])
+        return p
+
+    for n in g.node:
+        if n.op_type == "Concat" and reached_qs(n.output[0]):
+            srcs = [dq_above(i) for i in n.input]
+            scales = {scale_of(p) for p in srcs if p is not None and p.op_type == "DequantizeLinear"}
+            if any(p is None or p.op_type != "DequantizeLinear" for p in srcs) or len(scales) != 1:
+                warn("concat_scale", n, "inputs are not all dequantized with one scale: TensorRT runs this Concat "
+                                        "in float, with reformats around it")
+        elif n.op_type == "DequantizeLinear" and n.input[0] not in vals:
+            s0 = scale_of(n)
+            other = sorted({_name(q) for q in reached_qs(n.output[0]) if s0 is not None and scale_of(q) != s0})
+            if other:
+                warn("requantize", n, f"dequantized only to be requantized with another scale by {other[0]}")
 
     for n in g.node:
         if n.op_type != "Add" or len(n.input) != 2 or any(i in vals for i in n.input):

@@ -17,6 +17,10 @@ NCNN scales multiply (``q = round(x * scale)``, clamp [-127, 127]): ``scale = 1 
 of ONNX/TensorRT's ``step = amax / 127``. The int8 weights are ``weight_int`` unchanged, so NCNN computes
 ``sum(q_x * weight_int) * act_step * weight_step[c] + bias``, exactly the fake-quant conv.
 Layers not quantized in PyTorch (first conv, DFL, head outputs per ``quant`` skip list) stay float.
+
+NCNN has no INT8 ``BinaryOp`` / ``Concat``: with the ``full`` placement the residual Adds and Concats run in float
+here, without the rounding of their inputs the fake-quant model has (the convs after a Concat quantize its output with
+the same tied step, so they see the same integers; an Add's output can differ in the last code). Parity measures it.
 """
 
 from __future__ import annotations
@@ -325,13 +329,26 @@ def _pair(v) -> tuple[int, int]:
     return tuple(v) if isinstance(v, (tuple, list)) else (int(v), int(v))
 
 
-def dequantized_copy(deploy_model: nn.Module) -> tuple[nn.Module, dict]:
+def is_deploy_point(m: nn.Module) -> bool:
+    """Duck-typed ``quant.deploy.DeployQuant``: a quantization point outside a conv (the ``full`` placement's residual
+    Add and Concat inputs), buffers ``scale`` and ``zero_point`` and no weight."""
+    return hasattr(m, "export_range") and isinstance(getattr(m, "scale", None), torch.Tensor) and not hasattr(
+        m, "weight_int")
+
+
+def dequantized_copy(deploy_model: nn.Module, keep_points: bool = False) -> tuple[nn.Module, dict]:
     """Copy of ``deploy_model`` where each deploy conv/linear is a float ``nn.Conv2d``/``nn.Linear`` with the
-    dequantized weight; returns ``(model, {module name: quant info})`` for the convs."""
+    dequantized weight; returns ``(model, {module name: quant info})`` for the convs. The quantization points outside
+    convs (:func:`is_deploy_point`) become ``nn.Identity`` unless ``keep_points`` (then they export as Q/DQ pairs)."""
     import copy
 
     model = copy.deepcopy(deploy_model).float().eval()
     info = {}
+    if not keep_points:
+        for name, m in list(model.named_modules()):
+            if is_deploy_point(m):
+                parent, _, attr_name = name.rpartition(".")
+                setattr(model.get_submodule(parent) if parent else model, attr_name, nn.Identity())
     for name, m in list(model.named_modules()):
         if not (is_deploy_conv(m) or _is_deploy_linear(m)):
             continue

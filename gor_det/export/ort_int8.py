@@ -14,6 +14,9 @@ mul (SiLU), add, concat and pool into its ``QLinear*`` kernels:
 * the other tensors (conv outputs before SiLU, sigmoid outputs, adds, concats, pools) get uint8 ranges **calibrated**
   by ONNX Runtime's quantizer on ``calib_images`` (min-max): these roundings were not in training, so this model is
   not bit-exact to the fake-quant model. Its parity and mAP are measured (``tools/export_det.py --data``);
+* with the ``full`` placement (``gor.quant.placement: full``) the residual Add and Concat inputs take their
+  **learned** step sizes too (:func:`take_learned_points`), so only the conv outputs before their activation and the
+  activation internals are left to calibration;
 * the convs the QAT model keeps in float (``gor.quant.skip``: first conv, head outputs, DFL) stay float, and so does
   everything after the float head-output convs (the box decode).
 
@@ -61,7 +64,47 @@ def _closure(start: list, step) -> set[str]:
     return seen
 
 
-def plan_quantization(graph, info: dict) -> tuple[dict, list[str], dict[str, str]]:
+def take_learned_points(graph) -> dict[str, tuple[float, int]]:
+    """Remove the Q/DQ pairs of the ``full`` placement's points from the float graph (in place) and return their
+    learned ``{tensor: (step, uint8 zero point)}``, each on the tensor ORT quantizes for it (above ``TIED_OPS``, whose
+    output ORT gives its input's parameters). A signed step maps to zero point 128 (the same grid)."""
+    from gor_det.export.qdq import constants
+
+    consts = constants(graph)
+    consumers, producer = _graph_maps(graph)
+    learned, drop, rename = {}, set(), {}
+    for q in graph.node:
+        if q.op_type != "QuantizeLinear" or q.input[0] in consts:
+            continue
+        dqs = consumers.get(q.output[0], [])
+        if not dqs or any(d.op_type != "DequantizeLinear" for d in dqs):
+            continue
+        zp = np.asarray(consts[q.input[2]]) if len(q.input) > 2 and q.input[2] in consts else np.zeros((), np.uint8)
+        step = float(np.asarray(consts[q.input[1]], np.float32).reshape(()))
+        src = q.input[0]
+        while src in rename:  # a point on a tensor that an earlier pair quantized (Q/DQ/Q/DQ with one step)
+            src = rename[src]
+        t = src
+        while t in producer and producer[t].op_type in TIED_OPS:
+            t = producer[t].input[0]
+        zp_u8 = 128 + int(zp.reshape(())) if zp.dtype == np.int8 else int(zp.reshape(()))
+        if learned.setdefault(t, (step, zp_u8)) != (step, zp_u8):
+            raise ValueError(f"ORT INT8: tensor {t} carries two learned steps ({learned[t][0]:.6g}, {step:.6g})")
+        drop.add(q.output[0])
+        for d in dqs:
+            drop.add(d.output[0])
+            rename[d.output[0]] = src
+    keep = [n for n in graph.node if n.output[0] not in drop]
+    for n in keep:
+        for k, name in enumerate(n.input):
+            if name in rename:
+                n.input[k] = rename[name]
+    del graph.node[:]
+    graph.node.extend(keep)
+    return learned
+
+
+def plan_quantization(graph, info: dict, learned: dict | None = None) -> tuple[dict, list[str], dict[str, str]]:
     """Match the float ONNX graph of ``dequantized_copy`` to the QAT model's quantizers (edits ``graph`` in place).
 
     Returns ``(overrides, exclude, matched)``: ONNX Runtime ``TensorQuantOverrides`` (learned weight and input scales
@@ -74,7 +117,7 @@ def plan_quantization(graph, info: dict) -> tuple[dict, list[str], dict[str, str
     see it rounded on that step before their own requantization, a rounding training did not have. A tensor read by
     several quantized convs with different learned steps (a neck output feeding both head branches and the next
     stage) gets an ``Identity`` per conv, each quantized with its conv's own step as in training, and its producer
-    stays float (quantizing it too would round twice)."""
+    stays float (quantizing it too would round twice). ``learned``: the ranges of :func:`take_learned_points`."""
     from gor_det.export.qdq import constants
 
     consts = constants(graph)
@@ -112,8 +155,10 @@ def plan_quantization(graph, info: dict) -> tuple[dict, list[str], dict[str, str
         for conv, scale, zp in convs:
             groups.setdefault(t, []).append((conv, scale, zp, tied))
     keep_float = set()
+    for t, (scale, zp) in (learned or {}).items():
+        overrides[t] = _act_override(scale, zp)
     for t, convs in groups.items():
-        if len({(sc, z) for _, sc, z, _ in convs}) == 1:
+        if len({(sc, z) for _, sc, z, _ in convs} | ({learned[t]} if t in (learned or {}) else set())) == 1:
             _, scale, zp, _ = convs[0]
             overrides[t] = _act_override(scale, zp)
             continue
@@ -124,7 +169,7 @@ def plan_quantization(graph, info: dict) -> tuple[dict, list[str], dict[str, str
             conv.input[0] = xc
             overrides[xc] = _act_override(scale, zp)
             keep_float |= {n.name for n in tied}
-        if t in producer:
+        if t in producer and t not in (learned or {}):  # a learned point keeps ``t`` quantized for its other readers
             keep_float.add(producer[t].name)
     consumers, producer = _graph_maps(graph)
     quant_nodes = [n for n in graph.node if n.name in matched]
@@ -159,7 +204,7 @@ def export_onnx_ort_int8(deploy_model: torch.nn.Module, imgsz, path, calib_image
     from gor_det.export.ncnn_export import dequantized_copy, unused_modules
     from gor_det.export.onnx_export import export_onnx
 
-    float_model, info = dequantized_copy(deploy_model)
+    float_model, info = dequantized_copy(deploy_model, keep_points=True)
     if not info:
         raise ValueError("no quantized conv in the model: pass the output of gor_det.quant.convert_for_export")
     if len(calib_images) == 0:
@@ -178,7 +223,8 @@ def export_onnx_ort_int8(deploy_model: torch.nn.Module, imgsz, path, calib_image
     with tempfile.TemporaryDirectory(prefix="gor_det_ort_") as tmp:
         fp = export_onnx(float_model, imgsz, Path(tmp) / "fp.onnx", opset=opset)
         proto = onnx.load(str(fp))
-        overrides, exclude, matched = plan_quantization(proto.graph, info)
+        learned = take_learned_points(proto.graph)
+        overrides, exclude, matched = plan_quantization(proto.graph, info, learned)
         onnx.save(proto, str(fp))
         missing = set(info) - set(matched.values())
         if missing:  # dead code the exporter drops is not missing (YOLO26's one-to-one branch)

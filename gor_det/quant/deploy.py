@@ -139,7 +139,9 @@ class DeployQuant(Float32Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         lo, hi = self.export_range
-        return torch.fake_quantize_per_tensor_affine(x.float(), self.scale, self.zero_point, lo, hi).to(x.dtype)
+        x32 = x if x.dtype == torch.float32 else x.float()  # (no Cast nodes in the ONNX of a float32 model)
+        y = torch.fake_quantize_per_tensor_affine(x32, self.scale, self.zero_point, lo, hi)
+        return y if y.dtype == x.dtype else y.to(x.dtype)
 
     def extra_repr(self) -> str:
         return f"bits={self.bits}, q=[{self.qmin}, {self.qmax}]"

@@ -6,8 +6,10 @@ float tensors, so TensorRT cannot fuse an Add into its INT8 conv and reformats t
 every Concat, and ONNX Runtime's CPU INT8 model has to calibrate those ranges after training. ``full`` quantizes
 what the deployed INT8 graph needs to stay INT8 (NVIDIA's yolo_deepstream ``yolov7_qat`` rules):
 
-* **residual Add**: both inputs (the residual input with the quantizer of the first conv that reads the same tensor,
-  the branch output with its own ``add_q``);
+* **residual Add**: the residual input, with the quantizer of the conv that reads the same tensor; the branch
+  output (a conv and its activation) stays unquantized, which is what lets TensorRT fuse the Add into that INT8 conv
+  (TensorRT's Q/DQ placement recommendations: quantize the residual input of an element-wise addition, not the outputs
+  of weighted ops);
 * **Concat**: every input with ONE quantizer, the input quantizer of the conv that reads the Concat's output, so the
   INT8 values pass through the Concat unchanged (MaxPool and nearest Upsample commute with quantization and pass
   the grid through);
@@ -17,7 +19,7 @@ what the deployed INT8 graph needs to stay INT8 (NVIDIA's yolo_deepstream ``yolo
 Tied points share one :class:`~gor_det.quant.numerics.FakeQuantizer` (the *owner*, registered and saved at one
 place); every other point holds a :class:`TiedQuantizer`, which has no tensors of its own, so checkpoints, EMA and the
 optimizer see each step size once. The ties are derived from the model's structure: block rules for Ultralytics'
-``Bottleneck``, ``C2f`` (and ``C3k2``), ``C3`` (and ``C3k``), ``SPPF``, ``C2PSA`` and ``PSABlock`` (matched by class
+``Bottleneck``, ``C2f`` (and ``C3k2``), ``C3`` (and ``C3k``), ``SPPF``, ``C2PSA``, ``PSABlock`` and ``Attention`` (matched by class
 name and only while the class's own ``forward`` is in use, so a subclass with another forward is left alone), and
 the model's layer graph (each layer's ``f``: ``Concat``, ``Upsample``, ``MaxPool2d`` and ``Detect`` inputs). A placed
 block gets an instance ``forward`` (:class:`BlockForward`, picklable) computing exactly the original arithmetic with
@@ -76,7 +78,7 @@ class BlockForward:
 # ------------------------------------------------------------------------------------------------- block forwards
 def _bottleneck(m, x):
     xq = m.res_q(x)
-    return xq + m.add_q(m.cv2(m.cv1(xq)))
+    return xq + m.cv2(m.cv1(xq))
 
 
 def _c2f(m, x):
@@ -97,7 +99,7 @@ def _sppf(m, x):
     y = [q(m.cv1(x))]
     y.extend(m.m(y[-1]) for _ in range(getattr(m, "n", 3)))  # max-pooling keeps the grid: no quantizer needed
     out = m.cv2(torch.cat(y, 1))
-    return m.res_q(x) + m.add_q(out) if getattr(m, "add", False) else out
+    return m.res_q(x) + out if getattr(m, "add", False) else out
 
 
 def _c2psa(m, x):
@@ -108,9 +110,19 @@ def _c2psa(m, x):
 
 def _psablock(m, x):
     xq = m.res_q(x)
-    x = xq + m.add_q(m.attn(xq))
+    x = xq + m.attn(xq)
     xq = m.res2_q(x)
-    return xq + m.add2_q(m.ffn(xq))
+    return xq + m.ffn(xq)
+
+
+def _attention(m, x):
+    b, c, h, w = x.shape
+    q, k, v = m.qkv(x).view(b, m.num_heads, m.key_dim * 2 + m.head_dim, h * w).split(
+        [m.key_dim, m.key_dim, m.head_dim], dim=2)
+    attn = ((q * m.scale).transpose(-2, -1) @ k).softmax(dim=-1)
+    # the Add of the positional conv: its other input (the attention output) quantized, as a residual input
+    y = m.mix_q((v @ attn.transpose(-2, -1)).view(b, c, h, w)) + m.pe(v.reshape(b, c, h, w))
+    return m.proj(y)
 
 
 def _concat(m, x):
@@ -240,7 +252,6 @@ def _rule_bottleneck(p: _Placer, m):
     if not getattr(m, "add", False) or not entries(m.cv1) or not entries(m.cv2):
         return None
     p.slot(m, "res_q", p.tie(entries(m.cv1)))
-    p.own(m, "add_q")
     p.quantized_input(m.cv1)
     p.forwards.append((m, _bottleneck))
     return 1, 0
@@ -277,7 +288,6 @@ def _rule_sppf(p: _Placer, m):
     p.quantized_input(m.cv2)
     if add:
         p.slot(m, "res_q", p.tie(entries(m.cv1)))
-        p.own(m, "add_q")
     p.forwards.append((m, _sppf))
     return int(add), 1
 
@@ -286,7 +296,7 @@ def _rule_c2psa(p: _Placer, m):
     cat = entries(m.cv2)
     if not cat:
         return None
-    p.slot(m, "cat_q", p.tie(cat))
+    p.slot(m, "cat_q", p.tie(cat + entries(m.m)))  # both halves of one split share a step (ONNX Runtime ties them)
     p.quantized_input(m.cv2)
     p.forwards.append((m, _c2psa))
     return 0, 1
@@ -297,17 +307,23 @@ def _rule_psablock(p: _Placer, m):
         return None
     p.slot(m, "res_q", p.tie(entries(m.attn)))
     p.slot(m, "res2_q", p.tie(entries(m.ffn)))
-    p.own(m, "add_q")
-    p.own(m, "add2_q")
     p.quantized_input(m.attn)
     p.quantized_input(m.ffn)
     p.forwards.append((m, _psablock))
     return 2, 0
 
 
+def _rule_attention(p: _Placer, m):
+    if getattr(m, "format", None) is not None or not entries(m.pe) or not entries(m.proj):
+        return None  # (the coreml form runs scaled_dot_product_attention: left as it is)
+    p.own(m, "mix_q")
+    p.forwards.append((m, _attention))
+    return 1, 0
+
+
 BLOCK_RULES: dict[str, Callable] = {
     "Bottleneck": _rule_bottleneck, "C2f": _rule_c2f, "C3": _rule_c3, "SPPF": _rule_sppf, "C2PSA": _rule_c2psa,
-    "PSABlock": _rule_psablock,
+    "PSABlock": _rule_psablock, "Attention": _rule_attention,
 }
 PASS_THROUGH = ("Upsample", "MaxPool2d")  # layers that keep the INT8 grid: their input takes their readers' scale
 
@@ -400,7 +416,7 @@ def place_full(model: nn.Module, qcfg) -> dict:
     return {"blocks": len(p.forwards), "residual_adds": adds, "concats": cats, **counts}
 
 
-SLOTS = ("res_q", "res2_q", "add_q", "add2_q", "cat_q", "in_q")
+SLOTS = ("res_q", "res2_q", "cat_q", "in_q", "mix_q")
 
 
 def unplace(model: nn.Module) -> nn.Module:
