@@ -1,13 +1,16 @@
 #!/usr/bin/env python
-"""CPU latency of one student in every runtime gor_det exports to: batch 1, median of N runs after warm-up.
+"""CPU latency of the students in every runtime gor_det exports to, FP32 against INT8 with the conv-only and the full
+quantizer placement (``gor.quant.placement``): batch 1, median of N runs after warm-up, runtimes interleaved.
 
-    python bench/latency.py                                    # yolov8n (random init; latency does not depend on weights)
-    python bench/latency.py --model runs/x/weights/best.pt --sizes 320 640 --runs 50 --threads 2
+    python bench/latency.py                                    # yolov8n and yolo11n (random init: latency does not
+                                                               # depend on the weights), 320 and 640 px
+    python bench/latency.py --models runs/x/weights/best.pt --sizes 320 --runs 50 --threads 2
 
-Rows: PyTorch FP32 (BN fused), ONNX Runtime FP32, ONNX Runtime INT8 Q/DQ (TensorRT-style symmetric int8 activations),
-ONNX Runtime INT8 with asymmetric uint8 activations (``gor.quant.a_symmetric: false``), ONNX Runtime INT8 in the CPU
-layout (``onnx_ort_int8``: conv outputs quantized too, so ORT runs its integer kernels), NCNN FP32, NCNN FP16 (NCNN's default fp16 storage/arithmetic), NCNN INT8 (learned scales).
-INT8 models are made by PTQ calibration on random data here: the timing is what matters, not the accuracy.
+Rows per model and size: PyTorch FP32 (BN fused), ONNX Runtime FP32, ONNX Runtime on the TensorRT Q/DQ graph
+(``onnx_qdq``), ONNX Runtime INT8 in its CPU layout (``onnx_ort_int8``), NCNN FP32, NCNN FP16 (its default fp16
+storage/arithmetic), NCNN INT8 (learned scales); each INT8 row for ``conv`` and ``full``. INT8 models are made by PTQ
+calibration on random data here: the timing is what matters, not the accuracy. The structural report of each INT8
+artefact (ops in INT8, INT8<->float boundaries: :mod:`gor_det.export.structure`) is written next to its timing.
 Writes <out>/latency.md and latency.json.
 """
 
@@ -51,40 +54,44 @@ def median_ms(runtimes: dict, runs: int, warmup: int, block: int = 5) -> dict:
     return {name: statistics.median(v) for name, v in ts.items()}
 
 
-def build_models(model_path: str | None, a_symmetric: bool):
+def build_models(model: str, placements=("conv", "full")):
+    """``(fp, {placement: QAT model})`` of a model yaml or checkpoint, calibrated on random images."""
     import torch
 
     from gor_det.config import QuantCfg
-    from gor_det.engine.checkpoint import deployable
-    from gor_det.engine.evaluate import load_model
-    from gor_det.quant import calibrate, prepare_qat, strip_qat
+    from gor_det.quant import calibrate, is_qat, prepare_qat, strip_qat
 
-    if model_path:
-        student = deployable(load_model(model_path))
+    if model.endswith(".pt"):
+        from gor_det.engine.checkpoint import deployable
+        from gor_det.engine.evaluate import load_model
+
+        student = deployable(load_model(model))
     else:
         from ultralytics.nn.tasks import DetectionModel
 
-        student = DetectionModel("yolov8n.yaml", nc=80, verbose=False).eval()
+        student = DetectionModel(model, nc=80, verbose=False).eval()
     fp = copy.deepcopy(student)
-    from gor_det.quant import is_qat
-
     if is_qat(fp):
         strip_qat(fp)
-    q = copy.deepcopy(fp)
-    prepare_qat(q, QuantCfg(a_symmetric=a_symmetric, calib="minmax"))
 
     def loop(m):
         for _ in range(2):
             m(torch.rand(1, 3, 320, 320))
 
-    with torch.no_grad():
-        calibrate(q.eval(), loop, QuantCfg(a_symmetric=a_symmetric, calib="minmax"))
-    return fp, q
+    qs = {}
+    for pl in placements:
+        qcfg = QuantCfg(calib="minmax", placement=pl)
+        q = prepare_qat(copy.deepcopy(fp), qcfg)
+        with torch.no_grad():
+            calibrate(q.eval(), loop, qcfg)
+        qs[pl] = q
+    return fp, qs
 
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--model", help="a gor_det/Ultralytics .pt (default: yolov8n from YAML, 80 classes)")
+    ap.add_argument("--models", nargs="+", default=["yolov8n.yaml", "yolo11n.yaml"],
+                    help="model yamls (random init, 80 classes) or gor_det/Ultralytics .pt files")
     ap.add_argument("--sizes", type=int, nargs="+", default=[320, 640])
     ap.add_argument("--runs", type=int, default=50)
     ap.add_argument("--warmup", type=int, default=10)
@@ -104,54 +111,84 @@ def main():
         export_onnx_ort_int8,
         export_onnx_qdq,
     )
+    from gor_det.export.structure import structure_report
     from gor_det.quant import convert_for_export
 
     torch.set_num_threads(a.threads)
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
-    fp, q_sym = build_models(a.model, a_symmetric=True)
-    _, q_asym = build_models(a.model, a_symmetric=False)
-    fp_exp = float_model(fp)
-    dq_sym = export_mode(convert_for_export(q_sym))
-    dq_asym = export_mode(convert_for_export(q_asym))
     rows = []
-    for sz in a.sizes:
-        d = out / f"{sz}"
-        x = np.random.rand(1, 3, sz, sz).astype(np.float32)
-        xt = torch.from_numpy(x)
+    for model in a.models:
+        fp, qs = build_models(model)
+        fp_exp = float_model(fp)
+        deploy = {pl: export_mode(convert_for_export(q)) for pl, q in qs.items()}
+        tag = Path(model).stem
+        for sz in a.sizes:
+            d = out / tag / f"{sz}"
+            x = np.random.rand(1, 3, sz, sz).astype(np.float32)
+            xt = torch.from_numpy(x)
 
-        def torch_fn(inp, m=fp_exp):
-            with torch.no_grad():
-                m(inp)
+            def torch_fn(inp, m=fp_exp):
+                with torch.no_grad():
+                    m(inp)
 
-        runtimes = {"PyTorch FP32 (fused)": (torch_fn, xt)}
-        runtimes["ONNX Runtime FP32"] = (OnnxBackend(export_onnx(fp_exp, sz, d / "fp32.onnx"), threads=a.threads), x)
-        runtimes["ONNX Runtime INT8 Q/DQ (symmetric int8 act., TensorRT layout)"] = (
-            OnnxBackend(export_onnx_qdq(dq_sym, sz, d / "qdq.onnx"), threads=a.threads), x)
-        runtimes["ONNX Runtime INT8 Q/DQ (asymmetric uint8 act.)"] = (
-            OnnxBackend(export_onnx_qdq(dq_asym, sz, d / "qdq_u8.onnx", strict=False), threads=a.threads), x)
-        calib = np.random.rand(4, 3, sz, sz).astype(np.float32)  # ranges only: timing does not depend on them
-        runtimes["ONNX Runtime INT8 (CPU layout, onnx_ort_int8)"] = (
-            OnnxBackend(export_onnx_ort_int8(dq_sym, sz, d / "ort_int8.onnx", calib), threads=a.threads), x)
-        n_fp = export_ncnn(fp_exp, sz, d / "ncnn_fp32")
-        runtimes["NCNN FP32"] = (NcnnBackend(n_fp.dir, threads=a.threads, fp16=False), x)
-        runtimes["NCNN FP16 (ncnn default fp16 storage/arith)"] = (NcnnBackend(n_fp.dir, threads=a.threads, fp16=True), x)
-        n_i8 = export_ncnn_int8(dq_sym, sz, d / "ncnn_int8")
-        runtimes["NCNN INT8 (learned scales)"] = (NcnnBackend(n_i8.dir, threads=a.threads), x)
-        for name, ms in median_ms(runtimes, a.runs, a.warmup).items():
-            rows.append({"runtime": name, "imgsz": sz, "median_ms": ms})
-            print(f"{sz:4d} {name:70s} {ms:8.2f} ms", flush=True)
-    sizes = a.sizes
-    md = ["| runtime | " + " | ".join(f"{s} px (ms)" for s in sizes) + " |", "|---|" + "---|" * len(sizes)]
-    for name in dict.fromkeys(r["runtime"] for r in rows):
-        cells = [next(f"{r['median_ms']:.1f}" for r in rows if r["runtime"] == name and r["imgsz"] == s) for s in sizes]
-        md.append(f"| {name} | " + " | ".join(cells) + " |")
-    md += ["", f"Command: `python bench/latency.py {' '.join(sys.argv[1:])}`  ",
-           f"Machine: {platform.machine()}, {os.cpu_count()} CPU cores, {a.threads} threads, torch {torch.__version__}; "
-           f"batch 1, median of {a.runs} runs (runtimes interleaved in blocks of 5) after {a.warmup} warm-up  ", f"Date: {date.today()}", ""]
+            runtimes = {"PyTorch FP32 (fused)": (torch_fn, xt)}
+            structure = {}
+            runtimes["ONNX Runtime FP32"] = (OnnxBackend(export_onnx(fp_exp, sz, d / "fp32.onnx"), threads=a.threads), x)
+            calib = np.random.rand(4, 3, sz, sz).astype(np.float32)  # ranges only: timing does not depend on them
+            for pl, dq in deploy.items():
+                p = export_onnx_qdq(dq, sz, d / f"qdq_{pl}.onnx")
+                name = f"ONNX Runtime INT8, TensorRT Q/DQ graph, {pl}"
+                runtimes[name], structure[name] = (OnnxBackend(p, threads=a.threads), x), structure_report(p, "onnx_qdq")
+            for pl, dq in deploy.items():
+                p = export_onnx_ort_int8(dq, sz, d / f"ort_int8_{pl}.onnx", calib)
+                name = f"ONNX Runtime INT8, CPU layout (onnx_ort_int8), {pl}"
+                runtimes[name], structure[name] = (OnnxBackend(p, threads=a.threads), x), structure_report(
+                    p, "onnx_ort_int8")
+            n_fp = export_ncnn(fp_exp, sz, d / "ncnn_fp32")
+            runtimes["NCNN FP32"] = (NcnnBackend(n_fp.dir, threads=a.threads, fp16=False), x)
+            runtimes["NCNN FP16 (ncnn default fp16 storage/arith)"] = (
+                NcnnBackend(n_fp.dir, threads=a.threads, fp16=True), x)
+            for pl, dq in deploy.items():
+                n_i8 = export_ncnn_int8(dq, sz, d / f"ncnn_int8_{pl}")
+                name = f"NCNN INT8 (learned scales), {pl}"
+                runtimes[name], structure[name] = (NcnnBackend(n_i8.dir, threads=a.threads), x), structure_report(
+                    n_i8.param, "ncnn_int8")
+            for name, ms in median_ms(runtimes, a.runs, a.warmup).items():
+                st = structure.get(name) or {}
+                rows.append({"model": tag, "runtime": name, "imgsz": sz, "median_ms": ms,
+                             "boundaries": st.get("boundaries"), "ops_int8": st.get("ops_int8"), "ops": st.get("ops")})
+                print(f"{tag} {sz:4d} {name:60s} {ms:8.2f} ms", flush=True)
+    md = []
+    for tag in dict.fromkeys(r["model"] for r in rows):
+        mine = [r for r in rows if r["model"] == tag]
+        sizes = list(dict.fromkeys(r["imgsz"] for r in mine))
+        md += [f"**{tag}**", "", "| runtime | " + " | ".join(f"{s} px (ms)" for s in sizes) +
+               " | INT8 ops / ops | INT8<->float boundaries |", "|---|" + "---|" * (len(sizes) + 2)]
+        for name in dict.fromkeys(r["runtime"] for r in mine):
+            rs = {r["imgsz"]: r for r in mine if r["runtime"] == name}
+            cells = [f"{rs[s]['median_ms']:.1f}" for s in sizes]
+            r0 = rs[sizes[0]]
+            st = ["", ""] if r0["ops"] is None else [f"{r0['ops_int8']} / {r0['ops']}", str(r0["boundaries"])]
+            md.append(f"| {name} | " + " | ".join(cells + st) + " |")
+        md.append("")
+    md += [f"Command: `python bench/latency.py {' '.join(sys.argv[1:])}`  ",
+           f"Machine: {_machine()}, {a.threads} threads, torch {torch.__version__}; batch 1, median of {a.runs} runs "
+           f"(runtimes interleaved in blocks of 5) after {a.warmup} warm-up  ", f"Date: {date.today()}", ""]
     (out / "latency.md").write_text("\n".join(md))
     (out / "latency.json").write_text(json.dumps(rows, indent=2))
     print("\n".join(md))
+
+
+def _machine() -> str:
+    """CPU model and core count (from /proc/cpuinfo where there is one)."""
+    cpu = platform.machine()
+    try:
+        name = next(ln.split(":", 1)[1].strip() for ln in open("/proc/cpuinfo") if ln.startswith("model name"))
+        cpu = f"{cpu} {name}"
+    except (OSError, StopIteration):
+        pass
+    return f"{cpu}, {os.cpu_count()} CPU cores"
 
 
 if __name__ == "__main__":

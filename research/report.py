@@ -106,6 +106,8 @@ def render(suite_path: Path = SUITE, res_root: Path | None = None, root: Path = 
     res_root = res_root or root / "research/results" / Path(suite_path).stem
     out = {}
     for doc, made in blocks(suite, res_root).items():
+        if not made:  # (a suite whose tables write no report block leaves research/REPORT.md to the others)
+            continue
         text = (root / doc).read_text()
         stale = {f"{k}:{v}" for k, v in MARKER.findall(text)} - set(made)
         if stale:

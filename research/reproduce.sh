@@ -16,6 +16,9 @@ bash scripts/setup_env.sh
 .venv/bin/pip install --disable-pip-version-check -q -c .ci/constraints.txt -e ".[export,dev,bench]"
 $PY research/run.py --suite $S --jobs 2 --reported -- gor.threads=1
 $PY research/report.py
+# docs/evaluation.md, "Quantizer placement": conv vs full, on this suite's own FP students
+$PY research/run.py --suite research/suites/placement.yaml --jobs 2 -- gor.threads=1
+$PY research/report.py --suite research/suites/placement.yaml
 # research/REPORT.md, "Teacher ensembles": the teachers and their fused predictions scored on a fresh split (seed 1)
 T=research/out/synthetic
 $PY bench/teacher_ensemble.py --teachers $T/teacher_v8s/seed0/weights/best.pt $T/teacher_v11s/seed0/weights/best.pt \

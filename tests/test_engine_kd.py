@@ -177,12 +177,13 @@ def test_class_mismatch_and_missing_teacher(tiny_data, tmp_path):
         make_trainer_class(parse_gor({"teachers": ["nope.pt"]}))(overrides=ov).train()
 
 
-@pytest.mark.parametrize("bits", [(8, 8), (4, 4)])
-def test_qat_train_checkpoint_resume_bit_exact(tiny_data, tmp_path, bits):
-    from gor_det.quant import is_qat, quant_state_dict
+@pytest.mark.parametrize("bits, placement", [((8, 8), "conv"), ((4, 4), "conv"), ((8, 8), "full")])
+def test_qat_train_checkpoint_resume_bit_exact(tiny_data, tmp_path, bits, placement):
+    from gor_det.quant import is_placed, is_qat, quant_state_dict
 
-    gor = parse_gor({"quant": {"w_bits": bits[0], "a_bits": bits[1], "calib_batches": 2}, "threads": 2})
-    ov = tiny_overrides(tiny_data, tmp_path, f"qat{bits[0]}{bits[1]}", epochs=2)
+    gor = parse_gor({"quant": {"w_bits": bits[0], "a_bits": bits[1], "calib_batches": 2, "placement": placement},
+                     "threads": 2})
+    ov = tiny_overrides(tiny_data, tmp_path, f"qat{bits[0]}{bits[1]}{placement}", epochs=2)
     trainer = make_trainer_class(gor)(overrides=ov)
     trainer.add_callback("on_fit_epoch_end", stop_after_first_epoch)
     with pytest.raises(StopAfterFirstEpoch):
@@ -190,7 +191,7 @@ def test_qat_train_checkpoint_resume_bit_exact(tiny_data, tmp_path, bits):
     groups = {g.get("param_group"): g for g in trainer.optimizer.param_groups}
     assert groups["quant_scale"]["weight_decay"] == 0
     ck = torch.load(trainer.last, weights_only=False)
-    assert is_qat(ck["ema"])
+    assert is_qat(ck["ema"]) and is_placed(ck["ema"]) == (placement == "full")
     saved = quant_state_dict(ck["ema"])
     assert saved and all(v.dtype == torch.float32 for v in saved.values() if v.is_floating_point())
 
@@ -208,6 +209,7 @@ def test_qat_train_checkpoint_resume_bit_exact(tiny_data, tmp_path, bits):
     for k, v in saved.items():
         assert torch.equal(seen["q"][k], v), k
         assert torch.equal(seen["ema"][k], v), k
+    assert set(seen["q"]) == set(saved)
 
 
 class StopRecording(Exception):
