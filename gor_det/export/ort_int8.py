@@ -68,7 +68,7 @@ def take_learned_points(graph) -> dict[str, tuple[float, int]]:
     """Remove the Q/DQ pairs of the ``full`` placement's points from the float graph (in place) and return their
     learned ``{tensor: (step, uint8 zero point)}``, each on the tensor ORT quantizes for it (above ``TIED_OPS``, whose
     output ORT gives its input's parameters). A signed step maps to zero point 128 (the same grid)."""
-    from gor_det.export.qdq import constants
+    from gor_det.export.qdq import constants, rewire
 
     consts = constants(graph)
     consumers, producer = _graph_maps(graph)
@@ -94,13 +94,7 @@ def take_learned_points(graph) -> dict[str, tuple[float, int]]:
         for d in dqs:
             drop.add(d.output[0])
             rename[d.output[0]] = src
-    keep = [n for n in graph.node if n.output[0] not in drop]
-    for n in keep:
-        for k, name in enumerate(n.input):
-            if name in rename:
-                n.input[k] = rename[name]
-    del graph.node[:]
-    graph.node.extend(keep)
+    rewire(graph, [n for n in graph.node if n.output[0] not in drop], rename)
     return learned
 
 

@@ -91,15 +91,19 @@ def constants_to_initializers(model):
             src = rename.get(n.input[0], n.input[0])
             if src in inits:
                 rename[n.output[0]] = src
-    final = [n for n in keep if not (n.op_type == "Identity" and n.output[0] in rename)]
-    for n in final:
+    rewire(g, [n for n in keep if not (n.op_type == "Identity" and n.output[0] in rename)], rename)
+    prune_initializers(model)
+    return model
+
+
+def rewire(graph, keep: list, rename: dict) -> None:
+    """Make ``keep`` (in order) the graph's nodes, their inputs named in ``rename`` read the new names (in place)."""
+    for n in keep:
         for k, name in enumerate(n.input):
             if name in rename:
                 n.input[k] = rename[name]
-    del g.node[:]
-    g.node.extend(final)
-    prune_initializers(model)
-    return model
+    del graph.node[:]
+    graph.node.extend(keep)
 
 
 def prune_initializers(model):

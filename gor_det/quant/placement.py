@@ -257,49 +257,45 @@ def _rule_bottleneck(p: _Placer, m):
     return 1, 0
 
 
-def _rule_c2f(p: _Placer, m):
-    cat = entries(m.cv2)
+def _place_concat(p: _Placer, m, reader: nn.Module, also=(), fn=None) -> bool:
+    """``m.cat_q``: the Concat whose output ``reader`` reads, tied to ``reader``'s input step and to the points
+    ``also`` (other readers of the Concat's inputs); False when ``reader`` is not quantized."""
+    cat = entries(reader)
     if not cat:
+        return False
+    p.slot(m, "cat_q", p.tie(cat + list(also)))
+    p.quantized_input(reader)
+    p.forwards.append((m, fn))
+    return True
+
+
+def _rule_c2f(p: _Placer, m):
+    if not _place_concat(p, m, m.cv2, [e for b in m.m for e in entries(b)], _c2f):  # the chunks also feed m[0]
         return None
-    p.slot(m, "cat_q", p.tie(cat + [e for b in m.m for e in entries(b)]))  # the chunks feed the Concat and m[0]
-    p.quantized_input(m.cv2)
     for b in m.m:
         p.quantized_input(b)
-    p.forwards.append((m, _c2f))
     return 0, 1
 
 
 def _rule_c3(p: _Placer, m):
-    cat = entries(m.cv3)
-    if not cat:
+    if not _place_concat(p, m, m.cv3, fn=_c3):
         return None
     p.tie(entries(m.cv1) + entries(m.cv2))  # both read the block's input
-    p.slot(m, "cat_q", p.tie(cat))
-    p.quantized_input(m.cv3)
-    p.forwards.append((m, _c3))
     return 0, 1
 
 
 def _rule_sppf(p: _Placer, m):
-    cat, add = entries(m.cv2), getattr(m, "add", False)
-    if not cat or (add and not entries(m.cv1)):
+    add = getattr(m, "add", False)
+    if (add and not entries(m.cv1)) or not _place_concat(p, m, m.cv2, fn=_sppf):
         return None
-    p.slot(m, "cat_q", p.tie(cat))
-    p.quantized_input(m.cv2)
     if add:
         p.slot(m, "res_q", p.tie(entries(m.cv1)))
-    p.forwards.append((m, _sppf))
     return int(add), 1
 
 
 def _rule_c2psa(p: _Placer, m):
-    cat = entries(m.cv2)
-    if not cat:
-        return None
-    p.slot(m, "cat_q", p.tie(cat + entries(m.m)))  # both halves of one split share a step (ONNX Runtime ties them)
-    p.quantized_input(m.cv2)
-    p.forwards.append((m, _c2psa))
-    return 0, 1
+    # both halves of one split share a step (ONNX Runtime gives a Split's outputs one quantization)
+    return (0, 1) if _place_concat(p, m, m.cv2, entries(m.m), _c2psa) else None
 
 
 def _rule_psablock(p: _Placer, m):
