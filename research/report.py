@@ -47,25 +47,25 @@ def results_of(suite: dict, res_root: Path) -> list[dict]:
     return rows
 
 
-def footer(rows: list[dict], names: list[str], res_dir: str) -> str:
+def footer(rows: list[dict], names: list[str], res_dir: str, cmd: str = "python research/report.py") -> str:
     """Where a table's numbers come from: the command, the machines and the days its rows ran."""
     mine = [r for r in rows if r["name"] in names]
     machines = sorted({r.get("machine", "unknown machine") for r in mine})
     days = sorted({r["date"] for r in mine})
     return (f"\nRows: `sh research/reproduce.sh` (result files under {res_dir}/); this table: "
-            f"`python research/report.py`  \nMachine: {'; '.join(machines)}  \nDate: rows run on {', '.join(days)}")
+            f"`{cmd}`  \nMachine: {'; '.join(machines)}  \nDate: rows run on {', '.join(days)}")
 
 
-def table_block(t: Table, rows: list[dict], suite: dict, res_dir: str) -> str:
+def table_block(t: Table, rows: list[dict], suite: dict, res_dir: str, cmd: str = "python research/report.py") -> str:
     if t.format == "summary":
         what = {r["name"]: r.get("what", "") for r in suite["runs"]}
         body = summary_table(rows, t.rows, t.ref, what)
     else:
         body = table(rows, t.rows, t.ref)
-    return body + footer(rows, t.rows, res_dir)
+    return body + footer(rows, t.rows, res_dir, cmd)
 
 
-def blocks(suite: dict, res_root: Path) -> dict[str, dict[str, str]]:
+def blocks(suite: dict, res_root: Path, cmd: str = "python research/report.py") -> dict[str, dict[str, str]]:
     """``{doc: {tag: body}}``: every generated block of every doc the suite's report writes."""
     tables, sweeps = report_of(suite)
     rows = results_of(suite, res_root)
@@ -75,7 +75,7 @@ def blocks(suite: dict, res_root: Path) -> dict[str, dict[str, str]]:
     out: dict[str, dict[str, str]] = {REPORT_DOC: {}}
     for t in tables.values():
         for doc in t.docs:
-            out.setdefault(doc, {})[f"table:{t.id}"] = table_block(t, rows, suite, str(res_dir))
+            out.setdefault(doc, {})[f"table:{t.id}"] = table_block(t, rows, suite, str(res_dir), cmd)
         if REPORT_DOC not in t.docs:  # compares and weights go to the report, for the tables it shows
             continue
         checks = resolved_checks(rows, t.compare, sweeps)
@@ -105,7 +105,9 @@ def render(suite_path: Path = SUITE, res_root: Path | None = None, root: Path = 
     suite = load_suite(suite_path)
     res_root = res_root or root / "research/results" / Path(suite_path).stem
     out = {}
-    for doc, made in blocks(suite, res_root).items():
+    cmd = "python research/report.py" + ("" if Path(suite_path).resolve() == SUITE.resolve() else
+                                         f" --suite research/suites/{Path(suite_path).name}")
+    for doc, made in blocks(suite, res_root, cmd).items():
         if not made:  # (a suite whose tables write no report block leaves research/REPORT.md to the others)
             continue
         text = (root / doc).read_text()

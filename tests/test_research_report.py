@@ -54,3 +54,13 @@ def test_a_missing_or_stale_block_is_an_error_naming_it(tmp_path):
     suite = _tree(tmp_path / "b", "<!-- table:t -->\n<!-- /table:t -->\n<!-- table:gone -->\n<!-- /table:gone -->\n")
     with pytest.raises(SystemExit, match="holds the block.s. table:gone, which the suite's report no longer makes"):
         report.render(suite, root=tmp_path / "b")
+
+
+def test_placement_suite_table_regenerates_from_its_results():
+    """research/suites/placement.yaml writes only its table in docs/evaluation.md (the synthetic suite's
+    research/REPORT.md is left alone), rebuilt from research/results/placement/ exactly as committed."""
+    pytest.importorskip("scipy", reason="the report's intervals need scipy (pip install -e .[bench])")
+    texts = report.render(ROOT / "research/suites/placement.yaml")
+    assert set(texts) == {"docs/evaluation.md"}
+    assert texts["docs/evaluation.md"] == (ROOT / "docs/evaluation.md").read_text(), \
+        "docs/evaluation.md is out of date: run python research/report.py --suite research/suites/placement.yaml"
