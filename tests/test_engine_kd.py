@@ -564,14 +564,18 @@ def test_gor_measures_under_amp_as_in_float32(tiny_data, teacher_pt, method, mon
             out.append(dict(seen))
         return out, (meter.state()[:2] if meter is not None else ())
 
-    def worst(a, b):
+    def worst(a, b, keys):
         (ma, ta), (mb, tb) = a, b
-        rel = [abs(x[k] - y[k]) / abs(y[k]) for x, y in zip(ma, mb) for k in y if y[k]]
-        return max(rel + [abs(x - y) / abs(y) for x, y in zip(ta, tb)])
+        rel = [abs(x[k] - y[k]) / abs(y[k]) for x, y in zip(ma, mb) for k in y if y[k] and k in keys]
+        return max(rel + ([abs(x - y) / abs(y) for x, y in zip(ta, tb)] if "meter" in keys else []), default=0.0)
 
     ref = run(False)
-    assert worst(run(True, torch.amp.GradScaler("cpu", init_scale=2.0**16)), ref) < 0.02
-    assert worst(run(True), ref) > 0.1  # unscaled: what the measurement was (and the test can fail)
+    scaled = run(True, torch.amp.GradScaler("cpu", init_scale=2.0**16))
+    assert worst(scaled, ref, {"gnorm_task", "gnorm_kd"}) < 0.02  # the measurement itself
+    # the transfers are differences of the training forward's own losses, so they also carry the fp16 forward's
+    # rounding, which depends on the CPU's fp16 kernels (2.5% on an AVX-512 Xeon, below 2% on the CI machine)
+    assert worst(scaled, ref, {"xfer_ratio", "meter"}) < 0.05
+    assert worst(run(True), ref, {"gnorm_task", "gnorm_kd"}) > 0.1  # unscaled: what it was (and the test can fail)
 
 
 def test_trainer_hands_its_grad_scaler_to_the_kd_criterion(tiny_data, teacher_pt, tmp_path):
