@@ -2,7 +2,7 @@
 """Where ONNX Runtime spends its time on one model: per operator type, mean ms per run and share of the kernel time
 (ORT's own profiler), batch 1, random input at the model's input size.
 
-    python bench/profile_ort.py bench/out/latency/320/ort_int8.onnx --threads 2     # a model bench/latency.py wrote
+    python bench/profile_ort.py bench/out/latency/yolov8n/320/ort_int8_full.onnx --threads 2     # a model bench/latency.py wrote
 """
 
 from __future__ import annotations
