@@ -132,9 +132,11 @@ def check_eval_set(data: str | Path, ann_json: str | Path | None = None, split: 
     """Check everything an evaluation reads before any model runs: the dataset yaml (or image folder), its
     ``split`` images, the COCO annotation json (``ann_json``, else the yaml's ``coco_json``: present, JSON, COCO,
     covering every image). Each problem is a one-line ConfigError naming the fix."""
+    if not Path(data).exists():  # Ultralytics' built-in names (coco.yaml) resolve under its datasets_dir
+        from gor_det.engine.preflight import local_data_yaml
+
+        data = local_data_yaml(data)
     data = Path(data)
-    if not data.exists():
-        raise ConfigError(f"data not found: {data} (pass a dataset yaml, e.g. datasets/synth_demo/data.yaml)")
     is_yaml = data.suffix.lower() in (".yaml", ".yml")
     d = _load_data_yaml(data) if is_yaml else {}
     if is_yaml and not d.get(split):

@@ -187,13 +187,16 @@ def export_student(
         if not data:
             raise ConfigError("evaluation needs a dataset: pass --data (its val split is scored)")
         eval_set = check_eval_set(data, ann)
+        data = eval_set.data  # a built-in name resolved to its local yaml
         names = getattr(ckpt_model, "names", None)
         check_classes(list(names.values()) if isinstance(names, dict) else names, eval_set, model_path,
                       run_data(ckpt_model))
     elif ann:
         raise ConfigError("--ann is the annotation json of --data's val split: pass --data too")
     elif data and not Path(data).is_file():
-        raise ConfigError(f"data not found: {data} (pass a dataset yaml, e.g. datasets/synth_demo/data.yaml)")
+        from gor_det.engine.preflight import local_data_yaml
+
+        data = local_data_yaml(data)  # a built-in name (coco.yaml), or a one-line ConfigError
     out = Path(out_dir)
     try:
         out.mkdir(parents=True, exist_ok=True)

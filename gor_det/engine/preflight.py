@@ -92,9 +92,35 @@ def resolve_data_file(data: str) -> str:
             return data
     raise ConfigError(
         f"data not found: {data} (not a local file and not one of Ultralytics' built-in dataset yamls; nothing is "
-        "downloaded: generate the synthetic set with `python tools/make_synthetic.py --preset demo --out "
+        "downloaded: generate the synthetic set with `gor-det synth --preset demo --out "
         "datasets/synth_demo` or point data= at a local yaml)"
     )
+
+
+def local_data_yaml(data: str | Path) -> Path:
+    """A dataset yaml that gor_det's own readers (evaluation, calibration images) can take as it is: ``data`` when it
+    is a local file; for one of Ultralytics' built-in names (``coco.yaml``) the yaml Ultralytics resolves, its
+    ``path`` / ``train`` / ``val`` made absolute against ``yolo settings datasets_dir`` exactly as Ultralytics resolves
+    them, written once to ``<Ultralytics config dir>/gor_det_data/<name>`` (nothing is downloaded). ConfigError (one
+    line) when it is neither, or when its images are missing."""
+    import yaml
+
+    if Path(data).is_file():
+        return Path(data)
+    d = check_dataset(str(data))
+    from ultralytics.utils import USER_CONFIG_DIR
+
+    out = Path(USER_CONFIG_DIR) / "gor_det_data" / Path(str(data)).name
+    out = out if out.suffix in (".yaml", ".yml") else out.with_suffix(".yaml")
+    keep = {k: d[k] for k in ("path", "train", "val", "test", "names", "nc", "coco_json") if d.get(k) is not None}
+    keep = {k: str(v) if isinstance(v, Path) else v for k, v in keep.items()}
+    text = yaml.safe_dump(keep, sort_keys=False)
+    if not out.is_file() or out.read_text() != text:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tmp = out.with_suffix(".tmp")
+        tmp.write_text(text)
+        tmp.replace(out)
+    return out
 
 
 def _has_images(folder: Path) -> bool:

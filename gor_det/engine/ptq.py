@@ -91,6 +91,13 @@ def run_ptq(weights: str | Path, data: str | Path, out: str | Path | None = None
     model = load_model(weights)
     if is_qat(deployable(model)):
         raise ConfigError(f"{weights} is already quantized (a QAT or PTQ checkpoint): export or evaluate it as it is")
+    if not Path(data).is_file():
+        from gor_det.engine.preflight import local_data_yaml
+
+        try:
+            data = local_data_yaml(data)  # Ultralytics' built-in names (coco.yaml) under its datasets_dir
+        except ConfigError:
+            pass
     data = Path(data)
     if not data.is_file():
         trained = run_data(model)
