@@ -2,7 +2,7 @@
 the doc and run in order, over a COCO-shaped stand-in (Ultralytics' layout under `yolo settings datasets_dir`,
 `coco.yaml` naming, 80 classes, `instances_val2017.json` with COCO's category ids), with the shipped templates edited
 as the doc says (the `/path/to/...` lines) and a tiny budget appended to the train commands. Teacher fine-tune, QAT +
-KD + GoR student, val, export, PTQ; zero network attempts (sockets blocked in every process)."""
+KD + GoR student, val, export, PTQ, offline (sockets blocked in every process: a download fails the run)."""
 
 import json
 import os
