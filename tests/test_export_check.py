@@ -185,6 +185,25 @@ def test_parity_metrics():
         compare_outputs(a, a[:, :, :10])
 
 
+def test_detections_at_the_confidence_threshold_do_not_fail_the_match():
+    """A detection scored closer to conf than the class-score difference measured (within cls_tol) may vanish; one
+    scored well above conf may not."""
+    a = np.zeros((1, 6, 40), np.float32)
+    a[0, 0], a[0, 1] = np.arange(40) * 30.0 + 20, 20.0  # 40 disjoint boxes in a row
+    a[0, 2:4] = 10.0
+    a[0, 4, :3] = 0.9  # three confident detections
+    a[0, 4, 3] = 0.28  # one just above conf=0.25
+    b = a.copy()
+    b[0, 4, 3] = 0.2  # gone in the test backend: |d| 0.08 < cls_tol; 3 of 4 matched would be below min_match 0.8
+    rep = compare_outputs(a, b, cls_tol=0.1)
+    assert rep.ok and rep.n_ref == 4 and rep.matched == 3 and rep.borderline_ref == 1, rep.summary()
+    assert "not counted" in rep.summary()
+    c = b.copy()
+    c[0, 0, :2] += 3000.0  # two confident detections moved away: unmatched, and not excused
+    worse = compare_outputs(a, c, cls_tol=0.1, rel_l2_tol=10.0)
+    assert not worse.ok and worse.matched == 1 and worse.borderline_ref == 1, worse.summary()
+
+
 def test_default_images():
     from gor_det.export import default_images, load_images
 
