@@ -20,7 +20,6 @@ import argparse
 import copy
 import json
 import os
-import platform
 import statistics
 import sys
 import time
@@ -101,6 +100,7 @@ def main():
     import numpy as np
     import torch
 
+    from gor_det.engine.evaluate import machine
     from gor_det.engine.exporting import export_mode, float_model
     from gor_det.export import (
         NcnnBackend,
@@ -173,22 +173,11 @@ def main():
             md.append(f"| {name} | " + " | ".join(cells + st) + " |")
         md.append("")
     md += [f"Command: `python bench/latency.py {' '.join(sys.argv[1:])}`  ",
-           f"Machine: {_machine()}, {a.threads} threads, torch {torch.__version__}; batch 1, median of {a.runs} runs "
+           f"Machine: {machine()}, {a.threads} threads; batch 1, median of {a.runs} runs "
            f"(runtimes interleaved in blocks of 5) after {a.warmup} warm-up  ", f"Date: {date.today()}", ""]
     (out / "latency.md").write_text("\n".join(md))
     (out / "latency.json").write_text(json.dumps(rows, indent=2))
     print("\n".join(md))
-
-
-def _machine() -> str:
-    """CPU model and core count (from /proc/cpuinfo where there is one)."""
-    cpu = platform.machine()
-    try:
-        name = next(ln.split(":", 1)[1].strip() for ln in open("/proc/cpuinfo") if ln.startswith("model name"))
-        cpu = f"{cpu} {name}"
-    except (OSError, StopIteration):
-        pass
-    return f"{cpu}, {os.cpu_count()} CPU cores"
 
 
 if __name__ == "__main__":

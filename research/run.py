@@ -22,8 +22,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import re
 import shutil
 import signal
@@ -36,6 +34,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import gor_det  # noqa: E402,F401
+from gor_det.engine.evaluate import machine  # noqa: E402
 from research.suite import fmt, load_suite, run_seeds  # noqa: E402
 from research.tables import table  # noqa: E402
 
@@ -138,29 +137,6 @@ def run_one(run, suite, extra, key, out_root: Path, res_root: Path, data: Path) 
         shutil.copyfile(out_dir / "results.csv", res_dir / "results.csv")
     write_json(row, done)
     return row
-
-
-def machine() -> str:
-    """``x86_64 AMD EPYC (AVX2 kernels), 2 CPU cores, torch 2.14.1+cu130, ultralytics 8.4.190``: where a row ran.
-    The CPU and the vector ISA torch's kernels use are named because float results, hence trained weights, differ
-    between them (stage 1 re-trained on an AVX2 VM on 2026-12-01 did not reproduce the committed models; rows from
-    different machines do not pair)."""
-    import torch
-    import ultralytics
-
-    return (f"{platform.machine()} {cpu_model()} ({torch.backends.cpu.get_cpu_capability()} kernels), "
-            f"{os.cpu_count()} CPU cores, torch {torch.__version__}, ultralytics {ultralytics.__version__}")
-
-
-def cpu_model() -> str:
-    """The CPU's model name (Linux ``/proc/cpuinfo``; elsewhere ``platform.processor()``), or ``unknown CPU``."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
 
 
 def prerequisites(run: dict, seed: int, names: list[str], out_root: Path) -> set[tuple[str, int]]:

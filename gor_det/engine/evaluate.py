@@ -7,6 +7,8 @@ Loading is here because a ``.pt`` needs Ultralytics' ``load_checkpoint``; the ru
 from __future__ import annotations
 
 import json
+import os
+import platform
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -262,3 +264,25 @@ def results_table(rows: list[dict], command: str) -> str:
     lines += ["", f"Command: `{command}`  ", f"Machine: {platform.machine()}, {os.cpu_count()} CPU cores  ",
               f"Date: {date.today()}", ""]
     return "\n".join(lines)
+
+
+def machine() -> str:
+    """``x86_64 AMD EPYC (AVX2 kernels), 2 CPU cores, torch 2.14.1+cu130, ultralytics 8.4.190``: where a row ran.
+    The CPU and the vector ISA torch's kernels use are named because float results, hence trained weights and
+    timings, differ between them (research/README.md, "Reproducibility")."""
+    import torch
+    import ultralytics
+
+    return (f"{platform.machine()} {cpu_model()} ({torch.backends.cpu.get_cpu_capability()} kernels), "
+            f"{os.cpu_count()} CPU cores, torch {torch.__version__}, ultralytics {ultralytics.__version__}")
+
+
+def cpu_model() -> str:
+    """The CPU's model name (Linux ``/proc/cpuinfo``; elsewhere ``platform.processor()``), or ``unknown CPU``."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown CPU"
