@@ -29,7 +29,8 @@ WORKER = textwrap.dedent("""
     from gor_det.engine.trainer import make_trainer_class
 
     gor = parse_gor({"teachers": [teacher], "threads": 1,
-                     "quant": {"a_symmetric": False, "calib": "minmax", "calib_batches": 1},
+                     "quant": {"a_symmetric": False, "calib": "minmax", "calib_batches": 1,
+                               "placement": os.environ["GOR_DET_PLACEMENT"]},
                      "balance": {"method": "gor", "grad_every": 1}})
     def cpu_ddp(module, device_ids=None, **kwargs):  # Ultralytics passes device_ids=[cuda index]; a CPU module has none
         return DistributedDataParallel(module, **kwargs)
@@ -64,10 +65,12 @@ def free_port() -> int:
 
 
 @pytest.mark.slow
-def test_two_ranks_end_with_identical_state(tiny_data, tmp_path):
+@pytest.mark.parametrize("placement", ["conv", "full"])
+def test_two_ranks_end_with_identical_state(tiny_data, tmp_path, placement):
     """After 3 real QAT + KD + GoR steps on different data per rank (DistributedSampler, per-rank seeds,
     each rank calibrating on its own augmented batch): the same parameters and buffers on both ranks, in the model
-    and its EMA (BN statistics that set the fold, asymmetric zero points, the GoR scalars and transfer averages)."""
+    and its EMA (BN statistics that set the fold, asymmetric zero points, the GoR scalars and transfer averages),
+    with either quantizer placement (``full``: the tied step sizes live once, where their owner is)."""
     import yaml
     from test_engine_kd import save_teacher
 
@@ -76,6 +79,7 @@ def test_two_ranks_end_with_identical_state(tiny_data, tmp_path):
     script = tmp_path / "worker.py"
     script.write_text(WORKER)
     env = {**os.environ, "GOR_DET_TESTS": str(Path(__file__).parent), "OMP_NUM_THREADS": "1",
+           "GOR_DET_PLACEMENT": placement,
            "PYTHONPATH": os.pathsep.join([str(Path(__file__).parents[1]), os.environ.get("PYTHONPATH", "")])}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
            "--master_port", str(free_port()), str(script), str(tiny_data), teacher, str(tmp_path / "runs"),

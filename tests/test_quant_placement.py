@@ -151,7 +151,7 @@ def test_placement_counts_and_each_step_size_saved_once():
     n_act = sum(1 for k in scales if sd[k].dim() == 0)
     convs = quant_modules(m)
     tied = sum(isinstance(q.act_q, TiedQuantizer) for q in convs.values())
-    assert tied > 0 and n_act == len(convs) - tied  # every step size is a conv's; the block points are ties to them
+    assert tied > 0 and n_act == len(convs) - tied == 37  # every step size is a conv's (docs/quantization.md: 56 -> 37)
 
 
 def test_strip_is_the_exact_inverse_and_checkpoints_round_trip():
@@ -192,3 +192,32 @@ def test_placement_key_is_checked():
         parse_gor({"quant": {"placement": "ful"}})
     with pytest.raises(ValueError, match="placement"):
         prepare_qat(_model("yolov8n.yaml"), QuantCfg(placement="all"))
+
+
+@pytest.mark.parametrize("cfg", CFGS)
+def test_no_tensor_is_quantized_twice_by_one_quantizer(cfg):
+    """Training-step cost: a tensor that a quantizer produced is never fed to the same step size again (the
+    placement's ties make that an identity, so it would be a wasted fake-quant pass per call). Counted per forward."""
+    m, x = _prepared(cfg)
+    made, again, hooks = {}, [], []
+    weights = {id(q.weight_q) for q in quant_modules(m).values()}
+
+    def pre(q, args):
+        if made.get(id(args[0])) == id(q):
+            again.append(q)
+
+    def post(q, args, out):
+        made[id(out)] = id(q)
+        keep.append(out)
+
+    keep = []
+    for q in m.modules():
+        if isinstance(q, FakeQuantizer) and id(q) not in weights:
+            hooks += [q.register_forward_pre_hook(pre), q.register_forward_hook(post)]
+    try:
+        with torch.no_grad():
+            m(x)
+    finally:
+        for h in hooks:
+            h.remove()
+    assert not again, f"{len(again)} fake-quant passes on tensors already on their grid"

@@ -142,6 +142,7 @@ class _Placer:
         self.forwards: list[tuple[nn.Module, Callable]] = []
         self.prequantized: list[nn.Module] = []  # convs whose input arrives quantized by their own (tied) quantizer
         self.new: list[Point] = []  # block-owned quantizers to create
+        self.fed_quantized: set[int] = set()  # blocks whose input a parent block has already quantized (ids)
 
     @staticmethod
     def key(p: Point) -> tuple:
@@ -175,8 +176,9 @@ class _Placer:
         self.find(p)
         return p
 
-    def slot(self, block: nn.Module, attr: str, point: Point) -> None:
-        """``block.attr`` becomes a tie to ``point``'s quantizer (what the block's forward calls)."""
+    def slot(self, block: nn.Module, attr: str, point: Point | None) -> None:
+        """``block.attr`` becomes a tie to ``point``'s quantizer (what the block's forward calls); ``None``: an
+        identity, for a tensor that arrives on that quantizer's grid already."""
         self.slots.append((block, attr, point))
 
     def quantized_input(self, mod: nn.Module) -> None:
@@ -200,7 +202,7 @@ class _Placer:
                 setattr(mod, attr, TiedQuantizer(owner, where))
                 ties += 1
         for block, attr, p in self.slots:
-            setattr(block, attr, TiedQuantizer(*owners[self.find(p)]))
+            setattr(block, attr, nn.Identity() if p is None else TiedQuantizer(*owners[self.find(p)]))
         for q in self.prequantized:
             q.input_quantized = True
         for block, fn in self.forwards:
@@ -251,7 +253,8 @@ ENTRY_CHILDREN = {"Bottleneck": ("cv1",), "C2f": ("cv1",), "C3": ("cv1", "cv2"),
 def _rule_bottleneck(p: _Placer, m):
     if not getattr(m, "add", False) or not entries(m.cv1) or not entries(m.cv2):
         return None
-    p.slot(m, "res_q", p.tie(entries(m.cv1)))
+    tied = p.tie(entries(m.cv1))
+    p.slot(m, "res_q", None if id(m) in p.fed_quantized else tied)  # inside a C2f its input is quantized already
     p.quantized_input(m.cv1)
     p.forwards.append((m, _bottleneck))
     return 1, 0
@@ -274,6 +277,9 @@ def _rule_c2f(p: _Placer, m):
         return None
     for b in m.m:
         p.quantized_input(b)
+        while isinstance(b, nn.Sequential) and len(b):  # the block that reads the quantized chunk
+            b = b[0]
+        p.fed_quantized.add(id(b))
     return 0, 1
 
 
@@ -422,7 +428,7 @@ def unplace(model: nn.Module) -> nn.Module:
         if isinstance(m.__dict__.get("forward"), BlockForward):
             del m.__dict__["forward"]
         for s in SLOTS:
-            if s in m._modules and isinstance(m._modules[s], (FakeQuantizer, TiedQuantizer)):
+            if s in m._modules and isinstance(m._modules[s], (FakeQuantizer, TiedQuantizer, nn.Identity)):
                 del m._modules[s]
         if isinstance(m, QuantModule):
             m.__dict__.pop("input_quantized", None)
