@@ -221,3 +221,27 @@ def test_no_tensor_is_quantized_twice_by_one_quantizer(cfg):
         for h in hooks:
             h.remove()
     assert not again, f"{len(again)} fake-quant passes on tensors already on their grid"
+
+
+@pytest.mark.xfail(strict=True, reason="known defect: NaN step-size gradients in model.1-2 under fp16 autocast with "
+                   "the full placement (finite with conv); docs/quantization.md")
+def test_full_placement_under_fp16_autocast_keeps_fp16_and_trains():
+    """The AMP path (CPU fp16 autocast standing in for CUDA): the placement's quantizers return the dtype they are
+    given (no copies in another dtype between blocks), the Concats and Adds run under autocast, and a training step
+    gives finite gradients to every step size."""
+    m, x = _prepared("yolov8n.yaml")
+    m.train()
+    dtypes, hooks = set(), []
+    for mod in m.modules():
+        if isinstance(mod, TiedQuantizer):
+            hooks.append(mod.register_forward_hook(lambda q, a, out: dtypes.add((a[0].dtype, out.dtype))))
+    try:
+        with torch.autocast("cpu", dtype=torch.float16):
+            out = m(x)
+        (out["boxes"].float().mean() * 1e-3 + out["scores"].float().mean()).backward()  # (a sum overflows fp16)
+    finally:
+        for h in hooks:
+            h.remove()
+    assert dtypes and all(i == o for i, o in dtypes), dtypes
+    scales = [q.log_scale for q in m.modules() if isinstance(q, FakeQuantizer)]
+    assert all(s.grad is not None and torch.isfinite(s.grad).all() for s in scales)
